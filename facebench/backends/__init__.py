@@ -1,0 +1,1 @@
+"""Model backends; each module registers itself in :data:`facebench.models.BACKENDS` on import."""

@@ -1,0 +1,206 @@
+"""The ``facebench`` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from facebench.registry import UnknownNameError
+
+EPILOG = "Data root: --root, else $FACEBENCH_DATA, else data/ in the checkout; one folder per dataset under it."
+
+
+def _json_line(doc: dict) -> str:
+    """One line of strict JSON (NaN → null) for the last line of stdout."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(doc), allow_nan=False)
+
+
+def print_metrics(m: dict) -> None:
+    pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"  # noqa: E731
+    head = f"{m.get('model', '')} on {m.get('dataset', '')}".strip()
+    if head != "on":
+        print(head)
+    print(f"  pairs            {m['n_pairs']} ({m['n_genuine']} genuine, {m['n_impostor']} impostor), "
+          f"{len(m['fold_accuracies'])} folds")
+    print(f"  accuracy         {pct(m['accuracy_mean'])} ± {pct(m['accuracy_std'])} (k-fold, threshold per fold)")
+    if "hard_accuracy" in m:
+        print(f"  hard accuracy    {pct(m['hard_accuracy'])} (the model's own decisions)")
+    print(f"  AUC              {m['auc']:.4f}")
+    print(f"  EER              {pct(m['eer'])}")
+    for key in (k for k in m if k.startswith("tar_at_far_")):
+        print(f"  TAR@FAR={key[11:]:<7}  {pct(m[key])}")
+    print(f"  acquire rate     {pct(m['acquire_rate'])}")
+    for flag in m["flags"]:
+        print(f"  note: {flag}")
+
+
+def cmd_datasets(args) -> int:
+    from facebench.datasets import LOADERS, DatasetError, load_dataset
+
+    for name in LOADERS.names():
+        try:
+            ds = load_dataset(name, args.root, verify=False)
+            status = f"available: {len(ds.pairs)} pairs, {ds.n_folds} folds ({ds.info.get('location')})"
+        except (DatasetError, OSError) as exc:
+            status = f"not available: {exc}"
+        print(f"{name:12s} {status}")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from facebench.models import PREFIXES, registry_entries, resolve
+
+    for name, entry in registry_entries().items():
+        ok, why = resolve(name).availability()
+        print(f"{name:24s} {entry.get('family', ''):18s} {'available' if ok else 'not available: ' + why}")
+    if PREFIXES:
+        print("also: " + ", ".join(f"{p}:<argument>" for p in PREFIXES))
+    return 0
+
+
+def cmd_data_check(args) -> int:
+    from facebench.datasets import check_dataset
+
+    report = check_dataset(args.dataset, args.root)
+    for key, value in report["facts"].items():
+        print(f"{key:10s} {value}")
+    for w in report["warnings"]:
+        print(f"warning: {w}")
+    for e in report["errors"]:
+        print(f"error: {e}")
+    failed = bool(report["errors"]) or (args.strict and bool(report["warnings"]))
+    verdict = "FAILED" if failed else "ok"
+    print(f"{args.dataset}: {verdict} ({len(report['errors'])} errors, {len(report['warnings'])} warnings)")
+    if args.json:
+        print(_json_line(report))
+    return 1 if failed else 0
+
+
+def cmd_evaluate(args) -> int:
+    from facebench.scoring import evaluate
+
+    run = evaluate(args.model, args.dataset, root=args.root, limit=args.limit, batch_size=args.batch_size,
+                   out=args.out)
+    m = run.metrics()
+    print_metrics(m)
+    print(f"  results          {run.store.dir}")
+    if args.json:
+        print(_json_line(m))
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    import pandas as pd
+
+    from facebench.metrics import verification_report
+
+    path = Path(args.scores)
+    table = pd.read_csv(path)
+    missing = {"score", "label", "fold"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; need score,label,fold (optional group)")
+    groups = [(None, table)] + (list(table.groupby("group")) if "group" in table else [])
+    results = []
+    for group, part in groups:
+        m = verification_report(part["score"].to_numpy(float), part["label"].to_numpy(), part["fold"].to_numpy())
+        m = {"dataset": path.name, "model": "", **({"group": str(group)} if group is not None else {}), **m}
+        print(f"{'all pairs' if group is None else f'group {group}'}:")
+        print_metrics(m)
+        results.append(m)
+    if args.json:
+        print(_json_line({**results[0], "groups": results[1:]} if len(results) > 1 else results[0]))
+    return 0
+
+
+def cmd_grid(args) -> int:
+    from facebench.grid import run_grid
+
+    status = run_grid(args.grid, force=args.force)
+    failed = [c for c in status["cells"] if c["status"] == "failed"]
+    return 1 if failed and args.strict else 0
+
+
+def cmd_demo_build(args) -> int:
+    from facebench import demo
+
+    if not args.force and demo.is_built():
+        print("demo set is up to date (crops match data_manifests/demo.yaml); --force rebuilds it")
+        return 0
+    print(f"wrote {demo.build(args.source)}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facebench", description="Face verification benchmark for MLLMs and FR models.",
+                                epilog=EPILOG)
+    sub = p.add_subparsers(dest="command", required=True)
+    root = dict(default=None, metavar="DIR", help="data root (see below)")
+
+    s = sub.add_parser("datasets", help="known datasets and whether they are available", epilog=EPILOG)
+    s.add_argument("--root", **root)
+    s.set_defaults(func=cmd_datasets)
+
+    s = sub.add_parser("models", help="known models and whether they run here")
+    s.set_defaults(func=cmd_models)
+
+    data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    s = data.add_parser("check", help="check a dataset's layout, pairs, checksums and images", epilog=EPILOG)
+    s.add_argument("dataset")
+    s.add_argument("--root", **root)
+    s.add_argument("--strict", action="store_true", help="fail on warnings too")
+    s.add_argument("--json", action="store_true", help="end with the report as one JSON line")
+    s.set_defaults(func=cmd_data_check)
+
+    s = sub.add_parser("evaluate", help="score a dataset with a model (resumes) and print the metrics", epilog=EPILOG)
+    s.add_argument("--model", required=True, help="registry name (see `facebench models`) or backend:argument")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", **root)
+    s.add_argument("--limit", type=int, default=None, help="score N pairs, balanced over folds and labels")
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/ in the checkout)")
+    s.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("metrics", help="metrics for an external CSV with columns score,label,fold[,group]")
+    s.add_argument("scores")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_metrics)
+
+    s = sub.add_parser("grid", help="run a grid of (model, dataset) notebooks with papermill")
+    s.add_argument("grid")
+    s.add_argument("--force", action="store_true", help="re-execute cells that are already complete")
+    s.add_argument("--strict", action="store_true", help="exit non-zero when a cell failed")
+    s.set_defaults(func=cmd_grid)
+
+    demo = sub.add_parser("demo", help="the bundled demo set").add_subparsers(dest="demo_command", required=True)
+    s = demo.add_parser("build", help="cut the demo crops from ../shared/faces and write data_manifests/demo.yaml")
+    s.add_argument("--source", default=None, metavar="DIR", help="folder of the source photos")
+    s.add_argument("--force", action="store_true", help="rebuild even when the crops match the manifest")
+    s.set_defaults(func=cmd_demo_build)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"facebench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facebench: interrupted; finished pairs are saved and a rerun resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

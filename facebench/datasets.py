@@ -1,0 +1,229 @@
+"""Verification datasets as one pairs table, with images decoded on demand.
+
+Every dataset, whatever its on-disk layout, loads into the same table:
+
+========  =======================================================
+pair_id   int, unique, protocol order
+fold      int, the protocol's fold (0-based)
+image_a   str, key of the first image
+image_b   str, key of the second image
+same      bool, True for a genuine (same person) pair
+group     str or None, e.g. the RFW race
+========  =======================================================
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import yaml
+from PIL import Image
+
+from facebench.paths import DEMO_DIR, MANIFESTS_DIR, data_root
+from facebench.progress import progress
+from facebench.registry import Registry
+
+PAIR_COLUMNS = ["pair_id", "fold", "image_a", "image_b", "same", "group"]
+LOADERS: Registry[Callable[..., "Dataset"]] = Registry("dataset")
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as it is; the message names the file or pair."""
+
+
+class ImageSource:
+    """Decode images by key on first use, keeping the most recent ones in memory.
+
+    ``read(key)`` returns the encoded bytes; ``describe(key)`` names where the
+    image lives, for error messages.
+    """
+
+    def __init__(self, read: Callable[[str], bytes], describe: Callable[[str], str], *, cache_size: int = 256):
+        self._read, self.describe, self._cache_size = read, describe, cache_size
+        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._read(key)
+
+    def load(self, key: str) -> Image.Image:
+        """The image as RGB; a missing or undecodable file raises :class:`DatasetError`."""
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        try:
+            image = Image.open(io.BytesIO(self._read(key)))
+            image.load()  # decode now: a truncated file fails here, not later
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise DatasetError(f"cannot read image {self.describe(key)}: {exc}") from exc
+        image = image.convert("RGB")
+        self._cache[key] = image
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return image
+
+
+@dataclass
+class Dataset:
+    """A pair list with its images; see the module docstring for the table."""
+
+    name: str
+    pairs: pd.DataFrame
+    images: ImageSource
+    info: dict = field(default_factory=dict)
+    expected_sha256: dict[str, str] = field(default_factory=dict)  # image key → sha256, where known
+    source_checksum: str = ""  # e.g. the sha256 of a packed file the images come from
+
+    def __post_init__(self):
+        self.pairs = validate_pairs(self.pairs, source=self.name)
+
+    @cached_property
+    def checksum(self) -> str:
+        """sha256 over the pairs table and what is known of the images' content."""
+        h = hashlib.sha256(self.pairs.to_csv(index=False).encode())
+        for key in sorted(self.expected_sha256):
+            h.update(f"{key}:{self.expected_sha256[key]}\n".encode())
+        h.update(self.source_checksum.encode())
+        return h.hexdigest()
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.pairs["fold"].nunique())
+
+    def pairs_using(self, key: str) -> list[int]:
+        p = self.pairs
+        return p.loc[(p["image_a"] == key) | (p["image_b"] == key), "pair_id"].tolist()
+
+    def checksum_errors(self, keys=None) -> list[str]:
+        """One message per image whose bytes differ from the recorded sha256."""
+        errors = []
+        for key in keys if keys is not None else self.expected_sha256:
+            try:
+                actual = hashlib.sha256(self.images.read_bytes(key)).hexdigest()
+            except OSError as exc:
+                errors.append(f"{self.images.describe(key)}: cannot read ({exc}); used by pairs {self.pairs_using(key)}")
+                continue
+            if actual != self.expected_sha256[key]:
+                errors.append(f"{self.images.describe(key)}: sha256 {actual} does not match the manifest's "
+                              f"{self.expected_sha256[key]}; used by pairs {self.pairs_using(key)}")
+        return errors
+
+    def image_keys(self) -> list[str]:
+        """Every image the pairs use, once, in order of first use."""
+        return list(dict.fromkeys(self.pairs[["image_a", "image_b"]].to_numpy().ravel()))
+
+    def subset(self, limit: int | None) -> "Dataset":
+        """The first ``limit`` pairs taken evenly across folds and labels, so a
+        quick run still has every fold and both classes."""
+        if limit is None or limit >= len(self.pairs):
+            return self
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        rank = self.pairs.groupby(["fold", "same"]).cumcount()
+        order = np.lexsort((self.pairs["pair_id"], self.pairs["fold"], rank))
+        keep = self.pairs.iloc[order[:limit]].sort_values("pair_id")
+        return replace(self, pairs=keep.reset_index(drop=True), info={**self.info, "limit": limit})
+
+
+def validate_pairs(pairs: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Check and normalise a pairs table; errors name ``source`` and the bad pairs."""
+    pairs = pairs.copy()
+    if "group" not in pairs:
+        pairs["group"] = None
+    missing = [c for c in PAIR_COLUMNS if c not in pairs]
+    if missing:
+        raise DatasetError(f"{source}: pairs table lacks column(s) {missing}")
+    dup = pairs["pair_id"][pairs["pair_id"].duplicated()]
+    if len(dup):
+        raise DatasetError(f"{source}: duplicate pair ids {dup.tolist()[:5]}")
+    bad = pairs[~pairs["same"].isin([True, False])]
+    if len(bad):
+        raise DatasetError(f"{source}: pairs {bad['pair_id'].tolist()[:5]} have a label that is not true/false")
+    pairs = pairs[PAIR_COLUMNS].astype({"pair_id": int, "fold": int, "same": bool, "image_a": str, "image_b": str})
+    return pairs.reset_index(drop=True)
+
+
+def manifest(name: str) -> dict:
+    """The data manifest ``data_manifests/<name>.yaml``."""
+    path = MANIFESTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise DatasetError(f"no data manifest for dataset {name!r} at {path}")
+    return yaml.safe_load(path.read_text())
+
+
+def known_datasets() -> list[str]:
+    return LOADERS.names()
+
+
+def load_dataset(name: str, root=None, *, verify: bool = True) -> Dataset:
+    """Load dataset ``name`` from ``root / name`` (the demo set is built in).
+
+    ``verify`` checks the image checksums the manifest records; a mismatch
+    raises :class:`DatasetError` naming the file.
+    """
+    dataset = LOADERS.get(name)(data_root(root))
+    errors = dataset.checksum_errors() if verify else []
+    if errors:
+        raise DatasetError(f"dataset {name!r}: " + "; ".join(errors))
+    return dataset
+
+
+def check_dataset(name: str, root=None) -> dict:
+    """Everything ``facebench data check`` reports: facts, warnings and errors.
+
+    Errors make a dataset unusable (unreadable layout, checksum mismatch, an
+    image that does not decode); warnings flag departures from the protocol
+    (pair or fold count, a fold missing a class).
+    """
+    report = {"dataset": name, "errors": [], "warnings": [], "facts": {}}
+    try:
+        ds = LOADERS.get(name)(data_root(root))
+    except (DatasetError, OSError) as exc:
+        report["errors"].append(str(exc))
+        return report
+    p, facts = ds.pairs, report["facts"]
+    facts.update(layout=ds.info.get("layout"), location=ds.info.get("location"), pairs=len(p),
+                 folds=ds.n_folds, genuine=int(p["same"].sum()), impostor=int((~p["same"]).sum()),
+                 images=len(ds.image_keys()), checksum=ds.checksum)
+    per_fold = p.groupby("fold")["same"].agg(genuine="sum", total="size")
+    facts["per_fold"] = {int(f): f"{int(r.genuine)} genuine / {int(r.total - r.genuine)} impostor"
+                         for f, r in per_fold.iterrows()}
+    expected = ds.info.get("expected_pairs")
+    if expected and expected != len(p):
+        report["warnings"].append(f"{len(p)} pairs, the protocol has {expected}")
+    if ds.info.get("n_folds_expected") not in (None, ds.n_folds):
+        report["warnings"].append(f"{ds.n_folds} folds, the protocol has {ds.info['n_folds_expected']}")
+    for fold, r in per_fold.iterrows():
+        if r.genuine in (0, r.total):
+            report["warnings"].append(f"fold {fold} holds one class only")
+    report["errors"] += ds.checksum_errors()
+    for key in progress(ds.image_keys(), desc=f"decoding {name}", unit="img"):
+        try:
+            ds.images.load(key)
+        except DatasetError as exc:
+            report["errors"].append(f"{exc}; used by pairs {ds.pairs_using(key)}")
+    return report
+
+
+@LOADERS.register("demo")
+def load_demo(root: Path | None = None, *, folder: Path = DEMO_DIR, doc: dict | None = None) -> Dataset:
+    """The bundled demo set (``data_manifests/demo.yaml``); ``root`` is not used."""
+    doc = doc or manifest("demo")
+    files = {im["id"]: im["file"] for im in doc["images"]}
+    rows = [dict(pair_id=i, fold=f, image_a=a, image_b=b, same=s) for i, (f, a, b, s) in enumerate(doc["pairs"])]
+    unknown = {k for r in rows for k in (r["image_a"], r["image_b"])} - set(files)
+    if unknown:
+        raise DatasetError(f"{MANIFESTS_DIR / 'demo.yaml'}: pairs use image ids not listed under images: {sorted(unknown)}")
+    pairs = pd.DataFrame(rows)
+    hashes = {im["id"]: im["sha256"] for im in doc["images"]}
+    images = ImageSource(lambda k: (folder / files[k]).read_bytes(), lambda k: str(folder / files[k]))
+    info = {"full_name": doc["full_name"], "expected_pairs": doc["expected_pairs"], "n_folds_expected": doc["n_folds"],
+            "layout": "facebench demo (PNG crops + manifest)", "location": str(folder),
+            "identities": {im["id"]: im["identity"] for im in doc["images"]}}
+    return Dataset("demo", pairs, images, info, hashes)

@@ -1,0 +1,26 @@
+"""Where facebench finds its data files, datasets and results."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+# The package is installed editable from the checkout (see the Makefile), so the
+# checkout's top-level data folders sit next to it.
+PROJECT_ROOT = PACKAGE_DIR.parent
+MANIFESTS_DIR = PROJECT_ROOT / "data_manifests"
+DEMO_DIR = PACKAGE_DIR / "data" / "demo"
+DEFAULT_DATA_ROOT = PROJECT_ROOT / "data"
+DEFAULT_RESULTS_DIR = PROJECT_ROOT / "results"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding one sub-folder per dataset (``lfw/``, ``cfp_fp/``, …).
+
+    ``root`` if given, else the ``FACEBENCH_DATA`` environment variable, else
+    ``data/`` in the checkout.
+    """
+    if root is not None:
+        return Path(root).expanduser()
+    env = os.environ.get("FACEBENCH_DATA")
+    return Path(env).expanduser() if env else DEFAULT_DATA_ROOT
