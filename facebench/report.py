@@ -28,6 +28,7 @@ def use_style() -> None:
     import seaborn as sns
 
     sns.set_theme(style="whitegrid", context="notebook", palette=PALETTE)
+    pd.set_option("display.max_colwidth", None)  # settings and errors are shown whole
     try:
         from matplotlib_inline.backend_inline import set_matplotlib_formats
 
@@ -145,6 +146,8 @@ def dataset_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per dataset evaluated: pairs, genuine, impostor and folds, from the runs themselves."""
     done = results[results["status"] == "complete"]
     cols = {"n_pairs": "Pairs", "n_genuine": "Genuine", "n_impostor": "Impostor"}
+    if done.empty:
+        return pd.DataFrame({"": ["no dataset has been run"]})
     t = done.groupby("dataset")[list(cols)].max().rename(columns=cols)
     t["Folds"] = done.groupby("dataset")["fold_accuracies"].apply(lambda s: max(len(v) for v in s))
     return t.rename_axis("Dataset")
@@ -180,14 +183,32 @@ def group_table(results: pd.DataFrame) -> pd.DataFrame:
 
 def status_table(results: pd.DataFrame) -> pd.DataFrame:
     """Which grid cells ran, failed or were not run, with the pairs done and any error."""
-    cols = [c for c in ("cell", "status", "n_pairs", "n_errors", "error") if c in results]
-    return results[cols].fillna("").rename(columns=str.capitalize).set_index("Cell")
+    cols = {"cell": "Cell", "status": "Status", "n_pairs": "Pairs scored", "n_errors": "Pair errors", "error": "Error"}
+    cols = {k: v for k, v in cols.items() if k in results}
+    return results[list(cols)].astype(object).fillna("").rename(columns=cols).set_index("Cell")
 
 
 def glue_results(results: pd.DataFrame) -> None:
-    """Glue each complete cell's numbers as ``<cell>__<metric>``, for the book's prose."""
+    """Glue each complete cell's numbers as ``<cell>__<metric>``, and the dataset
+    and model tables, for the book's prose."""
+    from myst_nb import glue
+
     for r in results[results["status"] == "complete"].to_dict("records"):
         glue_metrics({k: v for k, v in r.items() if k not in ("groups",)}, prefix=f"{r['cell']}__")
+    glue("dataset_table", dataset_table(results), display=False)
+    glue("models_table", models_table(results), display=False)
+
+
+def models_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Model id, revision and settings of each model, as its runs recorded them."""
+    rows = {}
+    if "run_dir" not in results:
+        return pd.DataFrame({"": ["no model has been run"]})
+    for r in results[results["status"] == "complete"].to_dict("records"):
+        m = json.loads((Path(r["run_dir"]) / "manifest.json").read_text())
+        rows[r["model"]] = {"Model id": m.get("model_id"), "Revision": m.get("revision"),
+                            "Settings": json.dumps(m.get("settings"), sort_keys=True)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("Model")
 
 
 def notes(m: dict):

@@ -1,0 +1,82 @@
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from facebench.grid import STATUS_FILE, load_grid, run_grid
+from facebench.report import collect, main_table
+
+from conftest import ROOT, copy_book_sources
+
+
+def write_grid(path: Path, **changes) -> Path:
+    doc = yaml.safe_load((ROOT / "grids" / "demo.yaml").read_text())
+    doc.update(changes)
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def test_cells_are_named_model__dataset_with_merged_parameters(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", base=str(ROOT), parameters={"batch_size": 4, "limit": 10},
+                      models=["dlib", {"model": "dlib", "parameters": {"batch_size": 2}}], datasets=["demo"])
+    cells = load_grid(grid)["cells"]
+    assert [c["name"] for c in cells] == ["dlib__demo", "dlib__demo"]
+    assert cells[0]["parameters"] == {"batch_size": 4, "limit": 10, "model": "dlib", "dataset": "demo",
+                                      "out": str(ROOT / "results")}
+    assert cells[1]["parameters"]["batch_size"] == 2
+
+
+def test_grid_file_errors_name_the_file_and_key(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("notebook: x.md\noutput_dir: out\nmodels: [dlib]\n")
+    with pytest.raises(ValueError, match=r"g\.yaml.*'datasets'"):
+        load_grid(grid)
+
+
+def test_unknown_parameter_fails_before_any_cell_runs(tmp_path):
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "typo.yaml", parameters={"batch_sise": 4})
+    with pytest.raises(ValueError, match=r"evaluate\.md.*batch_sise.*declares"):
+        run_grid(grid, log=lambda *_: None)
+    assert not (project / "book" / "runs").exists()
+
+
+def test_demo_grid_executes_the_notebook(demo_project):
+    project, status = demo_project
+    assert [c["status"] for c in status["cells"]] == ["complete"]
+    nb = nbformat.read(project / "book" / "runs" / "dlib__demo.ipynb", as_version=4)
+    assert nb.metadata.papermill.parameters["model"] == "dlib"
+    assert not nb.metadata.papermill.get("exception")
+    assert nb.cells[0].source.startswith("# dlib on demo")
+    assert any(o.get("data", {}).get("image/svg+xml") for c in nb.cells for o in c.get("outputs", []))
+    assert (project / "book" / "results.ipynb").exists()
+    recorded = json.loads((project / "book" / "runs" / STATUS_FILE).read_text())
+    assert recorded["cells"][0]["status"] == "complete"
+
+
+def test_complete_cells_are_skipped_unless_forced(demo_project):
+    project, _ = demo_project
+    grid = project / "grids" / "demo.yaml"
+    notebook = project / "book" / "runs" / "dlib__demo.ipynb"
+    before = notebook.stat().st_mtime_ns
+    lines = []
+    run_grid(grid, log=lines.append)
+    assert any("skipped" in line for line in lines)
+    assert notebook.stat().st_mtime_ns == before
+
+
+def test_failing_cell_is_recorded_and_others_still_run(tmp_path):
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "mixed.yaml", parameters={"limit": 6}, datasets=["dmeo", "demo"])
+    status = run_grid(grid, log=lambda *_: None)
+    by_name = {c["name"]: c for c in status["cells"]}
+    assert by_name["dlib__demo"]["status"] == "complete"
+    assert by_name["dlib__dmeo"]["status"] == "failed"
+    assert "demo" in by_name["dlib__dmeo"]["error"]  # the error suggests the right name
+    results = collect(grid).set_index("cell")
+    assert results.loc["dlib__dmeo", "status"] == "failed"
+    assert results.loc["dlib__demo", "n_pairs"] == 6
+    table = main_table(results.reset_index())
+    assert table.loc["dlib", "dmeo"] == "failed"
