@@ -145,6 +145,11 @@ def validate_pairs(pairs: pd.DataFrame, *, source: str) -> pd.DataFrame:
     bad = pairs[~pairs["same"].isin([True, False])]
     if len(bad):
         raise DatasetError(f"{source}: pairs {bad['pair_id'].tolist()[:5]} have a label that is not true/false")
+    for column in ("pair_id", "fold", "image_a", "image_b"):
+        empty = pairs[pairs[column].isna()]
+        if len(empty):
+            where = f"rows {empty.index.tolist()[:5]}" if column == "pair_id" else f"pairs {empty['pair_id'].tolist()[:5]}"
+            raise DatasetError(f"{source}: {where} have no {column}")
     pairs = pairs[PAIR_COLUMNS].astype({"pair_id": int, "fold": int, "same": bool, "image_a": str, "image_b": str})
     return pairs.reset_index(drop=True)
 

@@ -67,6 +67,9 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name not in self._entries and name in self._lazy:
             importlib.import_module(self._lazy[name])
+            if name not in self._entries:
+                raise UnknownNameError(f"{self.what} {name!r}: module {self._lazy[name]} was imported "
+                                       "but did not register that name")
         try:
             return self._entries[name]
         except KeyError:
