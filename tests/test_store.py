@@ -148,9 +148,6 @@ def test_write_json_atomic_writes_replaces_and_leaves_no_temp_files(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["doc.json"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "facebench/store.py write_json_atomic (lines 45-52): the mkstemp temp file is not removed when json.dump "
-    "raises (e.g. doc={1: 'a', 'b': 2} -> TypeError from sort_keys), so a '.doc.json.*.tmp' file is left behind"))
 def test_write_json_atomic_failure_keeps_old_file_and_leaves_no_temp_files(tmp_path):
     path = tmp_path / "doc.json"
     write_json_atomic(path, {"ok": True})
