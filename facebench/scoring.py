@@ -110,8 +110,7 @@ def _jsonable(info: dict) -> dict:
 
 def _score(verifier, ds: Dataset, pending: pd.DataFrame, store: RunStore, *, batch_size: int) -> None:
     bar = progress(total=len(pending), desc=f"{ds.name}", unit="pair")
-    if verifier.kind == "embedding":
-        cache: dict[str, tuple[np.ndarray | None, str]] = {}
+    cache: dict[str, tuple[np.ndarray | None, str]] = {}  # image key → (embedding or None, note or error)
     for start in range(0, len(pending), batch_size):
         batch = pending.iloc[start:start + batch_size]
         t0 = time.perf_counter()

@@ -4,6 +4,8 @@ import math
 import multiprocessing
 import os
 import sqlite3
+import threading
+import time
 from contextlib import closing
 from pathlib import Path
 
@@ -207,42 +209,82 @@ def test_for_run_separates_settings_and_ignores_dict_order(tmp_path):
 # ------------------------------------------------------------------ two processes
 
 
-def _writer(directory: str, name: str, ids: list[int], barrier) -> None:
-    """Write ``ids`` in batches of 10; every column says who wrote the row."""
-    store = RunStore(directory)
-    barrier.wait(timeout=60)
+def _writer(directories: list[str], name: str, barrier, errors) -> None:
+    """For each store, write pair ids 0..199 in batches of 10 (ascending or descending),
+    starting together with the other writer; every column says who wrote the row."""
+    ids = list(range(200)) if name == "up" else list(range(199, -1, -1))
     offset = 0.25 if name == "up" else 0.75
-    for start in range(0, len(ids), 10):
-        batch = ids[start:start + 10]
-        store.write([{"pair_id": i, "score": i + offset, "decision": int(name == "up"), "raw_output": name,
-                      "seconds": offset, "error": None} for i in batch])
+    for directory in directories:
+        barrier.wait(timeout=60)
+        try:
+            store = RunStore(directory)
+            for start in range(0, len(ids), 10):
+                store.write([{"pair_id": i, "score": i + offset, "decision": int(name == "up"), "raw_output": name,
+                              "seconds": offset, "error": None} for i in ids[start:start + 10]])
+        except Exception as exc:  # reported to the test, which fails on it
+            errors.put(f"{name} on {directory}: {exc!r}")
 
 
-@pytest.mark.parametrize("round_", range(3))
-def test_two_processes_writing_overlapping_batches(tmp_path, round_):
-    directory = tmp_path / "shared"  # does not exist yet: both processes create it and the database
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(2)
-    ids = list(range(200))
-    procs = [ctx.Process(target=_writer, args=(str(directory), "up", ids, barrier)),
-             ctx.Process(target=_writer, args=(str(directory), "down", ids[::-1], barrier))]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0]
-
+def _check_shared_store(directory: Path) -> None:
     store = RunStore(directory)
     with closing(sqlite3.connect(store.db_path)) as con:
         assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
         assert con.execute("SELECT COUNT(*), COUNT(DISTINCT pair_id) FROM pairs").fetchone() == (200, 200)
         rows = con.execute("SELECT * FROM pairs ORDER BY pair_id").fetchall()
-    assert [r[0] for r in rows] == ids
+    assert [r[0] for r in rows] == list(range(200))
     for pid, score, decision, raw, seconds, error in rows:
-        # each row comes whole from one writer
-        offset = 0.25 if raw == "up" else 0.75
+        # each row comes whole from one writer: no mixing of two writers' columns
         assert raw in ("up", "down")
+        offset = 0.25 if raw == "up" else 0.75
         assert (score, decision, seconds, error) == (pid + offset, int(raw == "up"), offset, None)
-    assert store.done_ids() == set(ids)
+    assert store.done_ids() == set(range(200))
     df = store.rows()
     assert len(df) == 200 and not df["pair_id"].duplicated().any()
+
+
+@pytest.mark.parametrize("fresh", [False, True], ids=["existing-store", "new-store"])
+def test_two_processes_writing_overlapping_batches_into_one_store(tmp_path, fresh):
+    # Several stores, one after the other, to give a race more than one chance to show.
+    # existing-store: the (empty) store is there before the writers start, as when a second
+    # process joins a run; new-store: both processes create the folder and the database.
+    directories = [tmp_path / f"run{i}" for i in range(8)]
+    if not fresh:
+        for d in directories:
+            RunStore(d).write([])
+            assert RunStore(d).db_path.exists() and RunStore(d).done_ids() == set()
+    ctx = multiprocessing.get_context("spawn")
+    barrier, errors = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=([str(d) for d in directories], name, barrier, errors))
+             for name in ("up", "down")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    reported = []
+    while not errors.empty():
+        reported.append(errors.get())
+    assert reported == []
+    for d in directories:
+        _check_shared_store(d)
+
+
+def test_write_waits_for_another_process_creating_the_store(tmp_path):
+    # Regression (fixed in c1fbe90): switching a new file to WAL takes a lock SQLite's busy
+    # timeout does not wait for, so _connect failed at once with "database is locked".
+    store = RunStore(tmp_path / "run")
+    store.dir.mkdir()
+    other = sqlite3.connect(store.db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # the other process is in the middle of creating the file
+    release = threading.Timer(0.5, lambda: other.execute("COMMIT"))
+    release.start()
+    try:
+        t0 = time.monotonic()
+        store.write([{"pair_id": 1, "score": 0.5, "seconds": 0.1}])
+        assert time.monotonic() - t0 >= 0.4  # it waited for the other writer
+    finally:
+        release.join()
+        other.close()
+    assert store.done_ids() == {1}
+    with closing(sqlite3.connect(store.db_path)) as con:
+        assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
