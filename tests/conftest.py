@@ -20,6 +20,16 @@ def copy_book_sources(dest: Path) -> Path:
     return dest
 
 
+def copy_demo(dest: Path) -> Path:
+    """The demo crops copied to ``dest``, so a test can break them without touching the checkout."""
+    from facebench.paths import DEMO_DIR
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for png in DEMO_DIR.glob("*.png"):
+        shutil.copy(png, dest / png.name)
+    return dest
+
+
 @pytest.fixture(scope="session")
 def demo_project(tmp_path_factory):
     """A copy of the book sources with the demo grid executed (dlib on demo), shared by the grid and book tests."""

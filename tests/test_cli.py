@@ -3,7 +3,6 @@ import functools
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,9 @@ import yaml
 from facebench.cli import main
 from facebench.datasets import LOADERS, load_demo
 from facebench.metrics import verification_report
-from facebench.paths import DEMO_DIR, MANIFESTS_DIR
+from facebench.paths import MANIFESTS_DIR
+
+from conftest import copy_demo
 
 FACEBENCH = Path(sys.executable).parent / "facebench"
 METRIC_KEYS = {"dataset", "model", "n_pairs", "accuracy_mean", "accuracy_std", "eer", "auc",
@@ -52,13 +53,6 @@ def demo_doc():
 def use_demo(monkeypatch, **kwargs):
     """Make the registry's ``demo`` loader read ``load_demo(**kwargs)`` (a copy of the crops, another doc)."""
     monkeypatch.setitem(LOADERS._entries, "demo", functools.partial(load_demo, **kwargs))
-
-
-def copy_demo(dest):
-    dest.mkdir(parents=True, exist_ok=True)
-    for png in DEMO_DIR.glob("*.png"):
-        shutil.copy(png, dest / png.name)
-    return dest
 
 
 # ------------------------------------------------------------------ data check

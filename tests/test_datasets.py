@@ -1,7 +1,6 @@
 """The dataset layer: the demo set's pairs table, lazy image decoding, checksums and broken files."""
 import functools
 import itertools
-import shutil
 from collections import Counter
 
 import pandas as pd
@@ -20,17 +19,11 @@ from facebench.datasets import (
     load_demo,
     validate_pairs,
 )
-from facebench.paths import DEMO_DIR, MANIFESTS_DIR
+from facebench.paths import MANIFESTS_DIR
+
+from conftest import copy_demo
 
 DEMO_MANIFEST = MANIFESTS_DIR / "demo.yaml"
-
-
-def copy_demo(dest):
-    """The demo crops copied to ``dest``, so a test can break them without touching the checkout."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for png in DEMO_DIR.glob("*.png"):
-        shutil.copy(png, dest / png.name)
-    return dest
 
 
 def truncate(path):
