@@ -45,6 +45,7 @@ def write_json_atomic(path: Path, doc: dict) -> None:
     """Write ``doc`` so that readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is for every reader of the results
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(doc, f, indent=2, sort_keys=True, default=str)
