@@ -7,7 +7,7 @@ from conftest import ROOT
 
 
 def pins(lines):
-    return dict(re.match(r"^\s*([A-Za-z0-9_.-]+)==(\S+)\s*$", x).groups() for x in lines if "==" in x)
+    return dict(re.match(r"^\s*([A-Za-z0-9_.-]+)(?:\[[^]]*\])?==(\S+)\s*$", x).groups() for x in lines if "==" in x)
 
 
 def test_environment_yml_pins_the_same_versions_as_requirements():
