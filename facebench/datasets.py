@@ -42,12 +42,19 @@ class ImageSource:
     """Decode images by key on first use, keeping the most recent ones in memory.
 
     ``read(key)`` returns the encoded bytes; ``describe(key)`` names where the
-    image lives, for error messages.
+    image lives, for error messages; ``landmarks(key)``, where the dataset ships
+    them, gives the face's 5 points (eyes, nose, mouth corners) as a (5, 2)
+    array in the image's pixel coordinates, else None.
     """
 
-    def __init__(self, read: Callable[[str], bytes], describe: Callable[[str], str], *, cache_size: int = 256):
+    def __init__(self, read: Callable[[str], bytes], describe: Callable[[str], str], *,
+                 landmarks: Callable[[str], np.ndarray | None] | None = None, cache_size: int = 256):
         self._read, self.describe, self._cache_size = read, describe, cache_size
+        self._landmarks = landmarks
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def landmarks(self, key: str) -> np.ndarray | None:
+        return self._landmarks(key) if self._landmarks else None
 
     def read_bytes(self, key: str) -> bytes:
         return self._read(key)

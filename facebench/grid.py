@@ -133,10 +133,18 @@ def run_grid(path, *, force: bool = False, log=print) -> dict:
         template = notebook_from_source(grid["notebook"], Path(tmp))
         for cell in cells:
             check_parameters(template, cell["parameters"], source=grid["notebook"])
+        # An unknown model name also fails before any cell runs; a known model this
+        # machine cannot run (no weights file, no package) is recorded, not failed.
+        unavailable = {m: unavailable_reason(m) for m in dict.fromkeys(c["parameters"]["model"] for c in cells)}
         for i, cell in enumerate(cells, 1):
             output = out_dir / f"{cell['name']}.ipynb"
             state = notebook_state(output)
             entry = {"name": cell["name"], "notebook": str(output), "parameters": cell["parameters"]}
+            why = unavailable[cell["parameters"]["model"]]
+            if why:
+                log(f"[{i}/{len(cells)}] {cell['name']}: not available: {why}")
+                status["cells"].append({**entry, "status": "not available", "error": why, "seconds": 0.0})
+                continue
             if not force and state and not state["exception"] and state["parameters"] == cell["parameters"]:
                 log(f"[{i}/{len(cells)}] {cell['name']}: complete, skipped (--force re-runs it)")
                 status["cells"].append({**entry, "status": "complete", "seconds": 0.0})
@@ -158,6 +166,14 @@ def run_grid(path, *, force: bool = False, log=print) -> dict:
             execute(s["notebook"], s["output"], {"grid": str(Path(path).resolve())}, cwd=grid["base"],
                     tmpdir=Path(tmp))
     return status
+
+
+def unavailable_reason(model: str) -> str | None:
+    """Why ``model`` cannot run on this machine, or None; an unknown name raises."""
+    from facebench.models import resolve
+
+    ok, why = resolve(model).availability()
+    return None if ok else why
 
 
 def _short_error(exc: Exception) -> str:

@@ -30,6 +30,17 @@ class Verifier:
         """Model id, revision and device, recorded in each run's manifest."""
         return {}
 
+    @classmethod
+    def unavailable(cls, settings: dict) -> str | None:
+        """Why this machine cannot run the model with ``settings`` (e.g. a missing
+        package or weights file, and how to get it), or None when it can.
+
+        Checked before a grid cell runs, so a missing model shows as
+        "not available" in the grid and the book instead of failing them.
+        """
+        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
+        return f"missing Python package(s): {', '.join(missing)}" if missing else None
+
 
 class EmbeddingVerifier(Verifier, ABC):
     """Face-recognition models: one embedding per image, a similarity per pair."""
@@ -75,11 +86,8 @@ class ModelSpec:
 
     def availability(self) -> tuple[bool, str]:
         """Whether this machine can run the model, and if not, why."""
-        cls = BACKENDS.get(self.backend)
-        missing = [m for m in cls.requires if importlib.util.find_spec(m) is None]
-        if missing:
-            return False, f"missing Python package(s): {', '.join(missing)}"
-        return True, "available"
+        why = BACKENDS.get(self.backend).unavailable(self.settings)
+        return (False, why) if why else (True, "available")
 
 
 @lru_cache(maxsize=1)

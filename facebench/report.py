@@ -102,26 +102,29 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
     numbers are left out, even if some pairs were stored before it failed.
     """
     grid = load_grid(grid_path)
-    recorded = _status_errors(grid["output_dir"] / STATUS_FILE)
+    recorded = _recorded_status(grid["output_dir"] / STATUS_FILE)
     rows = []
     for cell in grid["cells"]:
         p = cell["parameters"]
         state = notebook_state(grid["output_dir"] / f"{cell['name']}.ipynb")
         row = {"cell": cell["name"], "model": p["model"], "dataset": p["dataset"]}
-        if state is None:
+        entry = recorded.get(cell["name"], {})
+        if entry.get("status") == "not available":
+            rows.append({**row, "status": "not available", "error": entry.get("error")})
+        elif state is None:
             rows.append({**row, "status": "not run"})
         elif state["exception"]:
-            rows.append({**row, "status": "failed", "error": recorded.get(cell["name"], "see its run page")})
+            rows.append({**row, "status": "failed", "error": entry.get("error") or "see its run page"})
         else:
             run = open_run(p["model"], p["dataset"], root=p.get("root", root), limit=p.get("limit"), out=p.get("out"))
             rows.append({**row, "status": "complete", **run.metrics(), "groups": group_accuracies(run)})
     return pd.DataFrame(rows)
 
 
-def _status_errors(path: Path) -> dict[str, str]:
+def _recorded_status(path: Path) -> dict[str, dict]:
     if not path.exists():
         return {}
-    return {c["name"]: c.get("error") for c in json.loads(path.read_text())["cells"] if c.get("error")}
+    return {c["name"]: c for c in json.loads(path.read_text())["cells"]}
 
 
 def main_table(results: pd.DataFrame, *, value: str = "accuracy") -> pd.DataFrame:

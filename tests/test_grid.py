@@ -80,3 +80,25 @@ def test_failing_cell_is_recorded_and_others_still_run(tmp_path):
     assert results.loc["dlib__demo", "n_pairs"] == 6
     table = main_table(results.reset_index())
     assert table.loc["dlib", "dmeo"] == "failed"
+
+
+def test_model_this_machine_cannot_run_is_recorded_as_not_available(tmp_path, monkeypatch):
+    from facebench.backends.dlib_resnet import DlibResNet
+
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "g.yaml", summaries=[])
+    monkeypatch.setattr(DlibResNet, "unavailable", classmethod(lambda cls, s: "place FILE under data/models/"))
+    status = run_grid(grid, log=lambda *_: None)
+    assert status["cells"][0]["status"] == "not available"
+    assert not (project / "book" / "runs" / "dlib__demo.ipynb").exists()
+    results = collect(grid).set_index("cell")
+    assert results.loc["dlib__demo", "status"] == "not available"
+    assert results.loc["dlib__demo", "error"] == "place FILE under data/models/"
+
+
+def test_unknown_model_fails_before_any_cell_runs(tmp_path):
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "g.yaml", models=["dlib", "dlbi"])
+    with pytest.raises(ValueError, match="dlbi.*Did you mean 'dlib'"):
+        run_grid(grid, log=lambda *_: None)
+    assert not (project / "book" / "runs").exists()
