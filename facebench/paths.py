@@ -12,6 +12,7 @@ MANIFESTS_DIR = PROJECT_ROOT / "data_manifests"
 DEMO_DIR = PACKAGE_DIR / "data" / "demo"
 DEFAULT_DATA_ROOT = PROJECT_ROOT / "data"
 DEFAULT_RESULTS_DIR = PROJECT_ROOT / "results"
+DEFAULT_MODELS_DIR = DEFAULT_DATA_ROOT / "models"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -24,3 +25,13 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         return Path(root).expanduser()
     env = os.environ.get("FACEBENCH_DATA")
     return Path(env).expanduser() if env else DEFAULT_DATA_ROOT
+
+
+def models_root() -> Path:
+    """The folder holding model weight files (``w600k_r50.onnx``, …) that are not pip-installable.
+
+    The ``FACEBENCH_MODELS`` environment variable, else ``data/models/`` in the
+    checkout. Relative ``model:`` paths in ``facebench/models.yaml`` resolve here.
+    """
+    env = os.environ.get("FACEBENCH_MODELS")
+    return Path(env).expanduser() if env else DEFAULT_MODELS_DIR

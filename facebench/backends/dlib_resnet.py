@@ -6,7 +6,7 @@ Pipeline per image: HOG face detector → 5-point landmarks → aligned 150×150
 from __future__ import annotations
 
 import warnings
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 import numpy as np
 from PIL import Image
@@ -64,8 +64,11 @@ class DlibResNet(EmbeddingVerifier):
         found = detector(pixels, self.upsample)
         return max(found, key=lambda r: r.area()) if len(found) else None
 
-    def embed(self, images: list[Image.Image]) -> tuple[np.ndarray, list[str]]:
-        dlib, _, landmarks, net = self._dlib
+    def embed(self, images: list[Image.Image], landmarks=None) -> tuple[np.ndarray, list[str]]:
+        # ``landmarks`` (a dataset's 5 points) are not used: dlib's network was
+        # trained on chips aligned from its own 5-point model (eye corners and
+        # nose base), a different set of points from the ArcFace template's.
+        dlib, _, predictor, net = self._dlib
         out, notes = np.empty((len(images), 128), np.float32), []
         for i, image in enumerate(images):
             pixels = np.ascontiguousarray(np.asarray(image.convert("RGB")))
@@ -77,7 +80,7 @@ class DlibResNet(EmbeddingVerifier):
                 notes.append("whole_crop")
             else:
                 notes.append("detected")
-            chip = dlib.get_face_chip(pixels, landmarks(pixels, box), size=self.chip_size, padding=self.chip_padding)
+            chip = dlib.get_face_chip(pixels, predictor(pixels, box), size=self.chip_size, padding=self.chip_padding)
             out[i] = np.asarray(net.compute_face_descriptor(chip, self.num_jitters))
         return out, notes
 
@@ -96,8 +99,32 @@ def arcface_landmarks(pixels: np.ndarray, box=None) -> np.ndarray:
     """
     import dlib
 
-    predictor = dlib.shape_predictor(_weights().pose_predictor_model_location())
+    predictor = _shape_predictor_68()
     if box is None:
         box = dlib.rectangle(0, 0, pixels.shape[1] - 1, pixels.shape[0] - 1)
     pts = np.array([[p.x, p.y] for p in predictor(pixels, box).parts()], float)
     return np.array([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
+
+
+@lru_cache(maxsize=1)
+def _shape_predictor_68():
+    # The 68-point model is a 100 MB file: load it once per process, not per face.
+    import dlib
+
+    return dlib.shape_predictor(_weights().pose_predictor_model_location())
+
+
+@lru_cache(maxsize=1)
+def _hog_detector():
+    import dlib
+
+    return dlib.get_frontal_face_detector()
+
+
+def detect_arcface_landmarks(pixels: np.ndarray, *, upsample: int = 1) -> np.ndarray | None:
+    """The five ArcFace points (see :func:`arcface_landmarks`) of the largest face dlib's
+    HOG detector finds in ``pixels`` (an RGB uint8 array), or None when it finds none."""
+    found = _hog_detector()(np.ascontiguousarray(pixels), upsample)
+    if not len(found):
+        return None
+    return arcface_landmarks(np.ascontiguousarray(pixels), max(found, key=lambda r: r.area()))

@@ -1,0 +1,327 @@
+"""Face-recognition models in ONNX format, run through onnxruntime.
+
+The field's baselines ship as ONNX files: insightface's ArcFace packs
+(buffalo_l ``w600k_r50.onnx``, antelopev2 ``glintr100.onnx``) and OpenCV's
+SFace (``face_recognition_sface_2021dec.onnx``); ``facebench/models.yaml`` names
+them, and ``onnx:<file>`` runs any other file. The weights are not
+redistributable, so the user places them under :func:`facebench.paths.models_root`.
+
+Per image, the face reaches the network's input size as follows (the note goes
+into each pair's ``raw_output``):
+
+``pre-aligned``
+    the image already has the input size (e.g. a 112×112 crop): used as it is;
+``aligned:dataset``
+    the dataset's five landmarks → similarity warp onto the ArcFace template
+    (:func:`facebench.align.warp_to_template`);
+``aligned:dlib68``
+    dlib's HOG detector and 68-point model give the five points, same warp;
+``no face: centre crop``
+    the centred square, resized.
+
+Then pixels → ``(x − mean) / std`` in the network's channel order and layout.
+With ``flip`` the embedding is f(x) + f(mirrored x), as in insightface's
+verification protocol; embeddings are L2-normalised and compared by cosine.
+
+A file without a registry entry gets insightface's preprocessing, decided as
+insightface's ``ArcFaceONNX`` does: input size and layout from the graph's input
+shape, RGB, mean = std = 127.5, except mean 0 and std 1 when a Sub and a Mul
+node sit among the graph's first eight (MXNet exports that normalise inside).
+Settings override each of these.
+"""
+from __future__ import annotations
+
+import hashlib
+import warnings
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from facebench.align import centre_crop, check_landmarks, warp_to_template
+from facebench.models import BACKENDS, EmbeddingVerifier
+from facebench.paths import models_root
+
+# insightface model_zoo/arcface_onnx.py: blobFromImages(img, 1/127.5, size, (127.5,)*3, swapRB=True)
+# on a BGR image, i.e. RGB input scaled to [-1, 1].
+INSIGHTFACE_MEAN = INSIGHTFACE_STD = 127.5
+DEFAULT_BATCH_SIZE = 32  # images per forward pass; 64 rows with flip, ~10 MB of input at 112×112
+_HASHES: dict[tuple, str] = {}  # (path, size, mtime) → sha256, so a big file is read once per process
+
+
+def model_path(model: str | Path) -> Path:
+    """Where the model file ``model`` is: an absolute path as given; a relative one
+    under :func:`~facebench.paths.models_root` or, failing that, the working directory."""
+    path = Path(model).expanduser()
+    if path.is_absolute():
+        return path
+    under_root = models_root() / path
+    return under_root if under_root.exists() or not path.exists() else path.resolve()
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, computed once per process for an unchanged file."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]
+
+
+def _registry_entry(model: str) -> tuple[str, dict] | None:
+    """The models.yaml entry that names this file, if any (for its licence and source)."""
+    from facebench.models import registry_entries
+
+    name = Path(str(model)).name
+    for key, entry in registry_entries().items():
+        settings = entry.get("settings") or {}
+        if entry.get("backend") == "onnx" and Path(str(settings.get("model", ""))).name == name:
+            return key, entry
+    return None
+
+
+def file_problem(model: str, expected_sha256: str | None = None) -> str | None:
+    """Why the file ``model`` cannot be used (missing, or not the file the registry
+    pins by ``expected_sha256``), or None."""
+    path = model_path(model)
+    if not path.is_file():
+        found = _registry_entry(model)
+        origin = f" (from {found[1]['obtain']}; licence: {found[1]['licence']})" if found else ""
+        relative = not Path(model).expanduser().is_absolute()
+        hint = " (or set FACEBENCH_MODELS to the folder holding it)" if relative else ""
+        return f"place {path.name}{origin} under {path.parent}/{hint} — see facebench/models.yaml"
+    if expected_sha256:
+        actual = file_sha256(path)
+        if actual != expected_sha256.lower():
+            return (f"{path} has sha256 {actual}, not the {expected_sha256} this model pins: it is another "
+                    "file, and its scores would be labelled as the wrong model. Put the published file there, "
+                    f"or run this one as onnx:{path}")
+    return None
+
+
+def graph_preprocessing(path: Path, *, layout: str | None = None) -> dict:
+    """What the graph says about its input: ``input_size`` [width, height] (None where the
+    graph leaves it open), ``layout`` (``layout`` if given, else from where the 3 channels
+    are), ``batch`` (a fixed batch size, or None), and insightface's mean/std rule (module
+    docstring)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    graph = model.graph
+    weights = {init.name for init in graph.initializer}
+    # Old exports list the weights among the inputs too; the image is the first that is not one.
+    data = next(i for i in graph.input if i.name not in weights)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in data.type.tensor_type.shape.dim]
+    if len(dims) != 4:
+        raise ValueError(f"{path}: input {data.name!r} has shape {dims}, not (batch, 3, height, width) "
+                         "or (batch, height, width, 3)")
+    if layout is None:
+        layout = "nchw" if dims[1] == 3 else "nhwc" if dims[3] == 3 else None
+    if layout is None:
+        raise ValueError(f"{path}: cannot tell the channel axis of input shape {dims}; set `layout`")
+    h, w = dims[2:4] if layout == "nchw" else dims[1:3]
+    names = [node.name for node in graph.node[:8]]
+    normalises_inside = (any(n.startswith(("Sub", "_minus")) for n in names)
+                         and any(n.startswith(("Mul", "_mul")) for n in names))
+    mean, std = (0.0, 1.0) if normalises_inside else (INSIGHTFACE_MEAN, INSIGHTFACE_STD)
+    return {"input_size": [w, h], "layout": layout, "batch": dims[0] if dims[0] else None,
+            "mean": mean, "std": std, "input_name": data.name, "output_name": graph.output[0].name}
+
+
+def to_tensor(images: list[Image.Image], *, mean=INSIGHTFACE_MEAN, std=INSIGHTFACE_STD, channels: str = "rgb",
+              layout: str = "nchw", flip: bool = False) -> np.ndarray:
+    """Stack same-size images into a network input.
+
+    Parameters
+    ----------
+    images : list of PIL images, all of one size (width W, height H)
+    mean, std : float or sequence of 3 floats
+        ``(pixel - mean) / std`` on 0–255 values, per channel in ``channels`` order.
+    channels : {"rgb", "bgr"}
+    layout : {"nchw", "nhwc"}
+    flip : bool
+        Mirror each image left–right first.
+
+    Returns
+    -------
+    ndarray, float32, of shape (n, 3, H, W) or (n, H, W, 3)
+
+    Examples
+    --------
+    >>> im = Image.new("RGB", (2, 1), (255, 0, 0))
+    >>> to_tensor([im]).shape
+    (1, 3, 1, 2)
+    >>> to_tensor([im], channels="bgr", mean=0, std=1, layout="nhwc")[0, 0, 0].tolist()
+    [0.0, 0.0, 255.0]
+    """
+    x = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    if flip:
+        x = x[:, :, ::-1]
+    if channels == "bgr":
+        x = x[..., ::-1]
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "nchw" else x)
+
+
+@BACKENDS.register("onnx")
+class OnnxFaceRecognizer(EmbeddingVerifier):
+    """An ONNX face-recognition model; score = cosine similarity of the embeddings.
+
+    Settings (each changes scores, so each is part of the run identity):
+    ``model`` the file (see :func:`model_path`); ``sha256`` the published file's
+    digest (a different file is refused); ``input_size``, ``layout``, ``mean``,
+    ``std`` (None: from the graph, see the module docstring); ``channels``
+    ``"rgb"``/``"bgr"``; ``flip`` flip-augmented embeddings; ``threshold`` a
+    published cosine cut-off for hard decisions (None: no decisions);
+    ``upsample`` dlib HOG upsampling for photos without landmarks.
+
+    How it runs is not a setting: attribute ``device`` picks the execution
+    provider, ``"auto"`` (CUDA where onnxruntime has it, else CPU), ``"cpu"`` or
+    ``"cuda"``, set before the first :meth:`embed`; ``batch_size`` caps the images
+    per forward pass (each with its mirror image when ``flip``).
+    """
+
+    requires = ("onnxruntime", "onnx")
+
+    def __init__(self, *, model: str, sha256: str | None = None, input_size=None, mean=None, std=None,
+                 channels: str = "rgb", layout: str | None = None, flip: bool = True,
+                 threshold: float | None = None, upsample: int = 1):
+        problem = file_problem(model, sha256)
+        if problem:
+            raise ValueError(f"model {model!r}: {problem}")
+        if channels not in ("rgb", "bgr"):
+            raise ValueError(f"model {model!r}: setting channels must be 'rgb' or 'bgr', got {channels!r}")
+        if layout not in (None, "nchw", "nhwc"):
+            raise ValueError(f"model {model!r}: setting layout must be 'nchw' or 'nhwc', got {layout!r}")
+        self.path = model_path(model)
+        self.sha256 = file_sha256(self.path)
+        graph = graph_preprocessing(self.path, layout=layout)
+        if input_size is not None:
+            graph["input_size"] = [int(input_size)] * 2 if np.ndim(input_size) == 0 else [int(s) for s in input_size]
+        if None in graph["input_size"]:
+            raise ValueError(f"{self.path}: the graph does not fix its input size; set `input_size`")
+        if graph["input_size"][0] != graph["input_size"][1]:
+            raise ValueError(f"{self.path}: input size {graph['input_size']} is not square, "
+                             "and the alignment template is")
+        self.size = graph["input_size"][0]
+        self.layout = graph["layout"]
+        self.mean = graph["mean"] if mean is None else mean
+        self.std = graph["std"] if std is None else std
+        if np.any(np.asarray(self.std, float) == 0):
+            raise ValueError(f"model {model!r}: setting std must not be 0, got {self.std!r}")
+        self.channels, self.flip = channels, bool(flip)
+        self.threshold = None if threshold is None else float(threshold)
+        self.upsample = int(upsample)
+        self._fixed_batch, self._input, self._output = graph["batch"], graph["input_name"], graph["output_name"]
+        self.device, self.batch_size = "auto", DEFAULT_BATCH_SIZE
+        if sha256 is None:
+            self._warn_if_registered(model)
+
+    def _warn_if_registered(self, model: str) -> None:
+        from facebench.models import registry_entries
+
+        for name, entry in registry_entries().items():
+            if (entry.get("settings") or {}).get("sha256") == self.sha256:
+                warnings.warn(f"{self.path} is the file of registry model {name!r}, whose settings (e.g. its "
+                              f"preprocessing) onnx:{model} does not use: run it as {name!r}", stacklevel=3)
+
+    @classmethod
+    def unavailable(cls, settings: dict) -> str | None:
+        why = super().unavailable(settings)
+        if why:
+            return why
+        if not settings.get("model"):
+            return "no model file: the settings lack `model`"
+        return file_problem(settings["model"], settings.get("sha256"))
+
+    @classmethod
+    def identity(cls, settings: dict) -> dict:
+        # A bare file is identified by its content, so replacing it starts a new
+        # run; registry entries pin the content in their settings already.
+        if settings.get("sha256") or not settings.get("model"):
+            return {}
+        path = model_path(settings["model"])
+        return {"model_sha256": file_sha256(path)} if path.is_file() else {}
+
+    @cached_property
+    def _session(self):
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if self.device == "cuda" and "CUDAExecutionProvider" not in available:
+            raise ValueError("device 'cuda': this onnxruntime has no CUDAExecutionProvider "
+                             f"(it has {available}); install onnxruntime-gpu")
+        cuda = self.device != "cpu" and "CUDAExecutionProvider" in available
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+        return ort.InferenceSession(str(self.path), options, providers=providers)
+
+    def info(self) -> dict:
+        import onnxruntime as ort
+
+        provider = self._session.get_providers()[0]
+        return {"model_id": self.path.name, "model_file": str(self.path), "sha256": self.sha256,
+                "revision": f"onnxruntime {ort.__version__}",
+                "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu", "provider": provider,
+                "preprocessing": {"input_size": self.size, "layout": self.layout, "channels": self.channels,
+                                  "mean": self.mean, "std": self.std, "flip": self.flip}}
+
+    def align(self, image: Image.Image, landmarks: np.ndarray | None = None) -> tuple[Image.Image, str]:
+        """The face at the network's input size, and how it was found (module docstring)."""
+        if image.size == (self.size, self.size):
+            return image.convert("RGB"), "pre-aligned"
+        if landmarks is not None:
+            return warp_to_template(image, check_landmarks(landmarks), self.size), "aligned:dataset"
+        from facebench.backends.dlib_resnet import detect_arcface_landmarks
+
+        found = detect_arcface_landmarks(np.asarray(image.convert("RGB")), upsample=self.upsample)
+        if found is None:
+            return centre_crop(image, self.size), "no face: centre crop"
+        return warp_to_template(image, found, self.size), "aligned:dlib68"
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """Network outputs (n, dim) for inputs ``x``, in runs of the graph's fixed batch size if it has one."""
+        step = self._fixed_batch or len(x)
+        out = []
+        for start in range(0, len(x), step):
+            part = x[start:start + step]
+            n = len(part)
+            if n < step:  # a fixed-batch graph takes nothing smaller: pad, then drop the padding's outputs
+                part = np.concatenate([part, np.zeros((step - n, *part.shape[1:]), part.dtype)])
+            out.append(self._session.run([self._output], {self._input: part})[0][:n].reshape(n, -1))
+        return np.concatenate(out)
+
+    def embed(self, images: list[Image.Image],
+              landmarks: list[np.ndarray | None] | None = None) -> tuple[np.ndarray, list[str]]:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if landmarks is not None and len(landmarks) != len(images):
+            raise ValueError(f"got {len(landmarks)} landmark entries for {len(images)} images")
+        faces, notes = [], []
+        for image, points in zip(images, landmarks if landmarks is not None else [None] * len(images)):
+            face, note = self.align(image, points)
+            faces.append(face)
+            notes.append(note)
+        prep = {"mean": self.mean, "std": self.std, "channels": self.channels, "layout": self.layout}
+        chunks = []
+        for start in range(0, len(faces), self.batch_size):
+            chunk = faces[start:start + self.batch_size]
+            x = to_tensor(chunk, **prep)
+            if self.flip:  # each image and its mirror image in the same batch
+                x = np.concatenate([x, to_tensor(chunk, flip=True, **prep)])
+            y = self._forward(x)
+            chunks.append(y[:len(chunk)] + y[len(chunk):] if self.flip else y)
+        emb = np.concatenate(chunks) if chunks else np.empty((0, 0), np.float32)
+        norm = np.linalg.norm(emb, axis=1, keepdims=True)
+        return emb / np.where(norm > 0, norm, 1), notes
+
+    def decide(self, scores: np.ndarray) -> np.ndarray | None:
+        return None if self.threshold is None else (scores >= self.threshold).astype(float)
