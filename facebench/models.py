@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -14,10 +15,11 @@ from facebench.paths import PACKAGE_DIR
 from facebench.registry import Registry, UnknownNameError, suggest
 
 BACKENDS: Registry[type["Verifier"]] = Registry(
-    "backend", lazy={"dlib": "facebench.backends.dlib_resnet"}
+    "backend", lazy={"dlib": "facebench.backends.dlib_resnet", "hf": "facebench.backends.hf_vlm",
+                     "onnx": "facebench.backends.onnx_fr", "api": "facebench.backends.openai_api"}
 )
 # Backends that take their model from the spec itself, as ``prefix:argument``.
-PREFIXES: dict[str, str] = {}
+PREFIXES: dict[str, str] = {"hf": "hf", "onnx": "onnx", "api": "api"}
 
 
 class Verifier:
@@ -28,6 +30,11 @@ class Verifier:
 
     def info(self) -> dict:
         """Model id, revision and device, recorded in each run's manifest."""
+        return {}
+
+    @classmethod
+    def identity(cls, settings: dict) -> dict:
+        """What else, beyond the settings, makes results differ (e.g. a prompt template's version)."""
         return {}
 
     @classmethod
@@ -48,8 +55,13 @@ class EmbeddingVerifier(Verifier, ABC):
     kind = "embedding"
 
     @abstractmethod
-    def embed(self, images: list[Image.Image]) -> tuple[np.ndarray, list[str]]:
-        """Embeddings, shape (n_images, dim), and a note per image (e.g. how the face was found)."""
+    def embed(self, images: list[Image.Image],
+              landmarks: list[np.ndarray | None] | None = None) -> tuple[np.ndarray, list[str]]:
+        """Embeddings, shape (n_images, dim), and a note per image (e.g. how the face was found).
+
+        ``landmarks``, where given, has one entry per image: the dataset's five
+        points as a (5, 2) array (see :mod:`facebench.align`), or None.
+        """
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """Row-wise similarity of two (n, dim) arrays, higher = more alike."""
@@ -84,6 +96,13 @@ class ModelSpec:
     def load(self) -> Verifier:
         return BACKENDS.get(self.backend)(**self.settings)
 
+    def identity(self) -> dict:
+        """The settings as the backend will use them (its defaults filled in), so that
+        changing a default in code starts new runs instead of mixing results."""
+        cls = BACKENDS.get(self.backend)
+        defaults = {k: v for k, v in _keyword_defaults(cls).items() if v is not inspect.Parameter.empty}
+        return {"settings": {**defaults, **self.settings}, **cls.identity(self.settings)}
+
     def availability(self) -> tuple[bool, str]:
         """Whether this machine can run the model, and if not, why."""
         why = BACKENDS.get(self.backend).unavailable(self.settings)
@@ -96,14 +115,32 @@ def registry_entries() -> dict[str, dict]:
     return data["models"]
 
 
-def resolve(spec: str) -> ModelSpec:
-    """Turn a model spec (a registry name or ``backend:argument``) into a :class:`ModelSpec`."""
+def resolve(spec: str, settings: dict | None = None) -> ModelSpec:
+    """Turn a model spec (a registry name or ``backend:argument``) into a :class:`ModelSpec`.
+
+    ``settings`` override the entry's (e.g. ``{"prompt": "fr-ouinon"}``); a name
+    the backend does not take is refused, since it would silently do nothing.
+    """
     entries = registry_entries()
     if spec in entries:
         entry = entries[spec]
-        return ModelSpec(spec, entry["backend"], dict(entry.get("settings") or {}), entry)
-    prefix, sep, arg = spec.partition(":")
-    if sep and prefix in PREFIXES:
-        return ModelSpec(spec, PREFIXES[prefix], {"model": arg})
-    prefixes = [f"{p}:" for p in PREFIXES]
-    raise UnknownNameError(suggest(spec, [*entries, *prefixes], what="model"))
+        resolved = ModelSpec(spec, entry["backend"], dict(entry.get("settings") or {}), entry)
+    else:
+        prefix, sep, arg = spec.partition(":")
+        if not (sep and prefix in PREFIXES):
+            prefixes = [f"{p}:" for p in PREFIXES]
+            raise UnknownNameError(suggest(spec, [*entries, *prefixes], what="model"))
+        resolved = ModelSpec(spec, PREFIXES[prefix], {"model": arg})
+    if not settings:
+        return resolved
+    accepted = _keyword_defaults(BACKENDS.get(resolved.backend)) | {"model": None}
+    unknown = sorted(set(settings) - set(accepted))
+    if unknown:
+        raise ValueError(f"model {spec!r}: unknown setting(s) {unknown}; backend {resolved.backend!r} "
+                         f"takes {sorted(accepted)}")
+    return replace(resolved, settings={**resolved.settings, **settings})
+
+
+def _keyword_defaults(cls) -> dict:
+    return {name: p.default for name, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind is p.KEYWORD_ONLY}

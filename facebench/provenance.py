@@ -14,7 +14,8 @@ from facebench.paths import PROJECT_ROOT
 
 PACKAGES = ("facebench", "numpy", "pandas", "pillow", "dlib-bin", "face-recognition-models", "torch",
             "torchvision", "transformers", "tokenizers", "accelerate", "papermill")
-_SECRET = re.compile(r"key|token|secret|password|authorization", re.I)
+# Whole words only: "hf_token" and "api_key" are secrets, "max_new_tokens" is not.
+_SECRET = re.compile(r"(?:^|[_-])(?:key|token|secret|password|authorization|auth)(?:$|[_-])", re.I)
 
 
 def canonical_hash(doc) -> str:

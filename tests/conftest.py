@@ -1,5 +1,7 @@
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,11 @@ BIN = Path(os.sys.executable).parent
 
 # Progress bars would clutter test logs; the CLI tests that need them set it back.
 os.environ.setdefault("FACEBENCH_PROGRESS", "0")
+# Tests never reach the model hub, and tiny models they build (tiny:<family>)
+# land in a folder of this session, not in the user's data/models.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["FACEBENCH_MODELS"] = tempfile.mkdtemp(prefix="facebench-test-models-")
+atexit.register(shutil.rmtree, os.environ["FACEBENCH_MODELS"], True)
 
 
 def copy_book_sources(dest: Path) -> Path:
@@ -16,7 +23,7 @@ def copy_book_sources(dest: Path) -> Path:
     for name in ("_config.yml", "_toc.yml", "references.bib"):
         shutil.copy(ROOT / name, dest / name)
     for folder in ("book", "notebooks", "grids"):
-        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("runs", "results.ipynb"))
+        shutil.copytree(ROOT / folder, dest / folder, ignore=shutil.ignore_patterns("runs", "*.ipynb"))
     return dest
 
 
@@ -28,6 +35,17 @@ def copy_demo(dest: Path) -> Path:
     for png in DEMO_DIR.glob("*.png"):
         shutil.copy(png, dest / png.name)
     return dest
+
+
+def write_grid(path: Path, **changes) -> Path:
+    """``grids/demo.yaml`` with ``changes``, written to ``path``; its models are only
+    dlib unless ``changes`` say otherwise, so a test runs no more cells than it needs."""
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "grids" / "demo.yaml").read_text())
+    doc.update({"models": ["dlib"], **changes})
+    path.write_text(yaml.safe_dump(doc))
+    return path
 
 
 @pytest.fixture(scope="session")
