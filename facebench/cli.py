@@ -52,7 +52,9 @@ def cmd_datasets(args) -> int:
             ds = load_dataset(name, args.root, verify=False)
             status = f"available: {len(ds.pairs)} pairs, {ds.n_folds} folds ({ds.info.get('location')})"
         except (DatasetError, OSError) as exc:
-            status = f"not available: {exc}"
+            # One line per dataset; `facebench data check NAME` shows the layouts looked for.
+            first = str(exc).splitlines()[0].split("; the accepted layouts")[0]
+            status = f"not available: {first} (`facebench data check {name}` lists the files it looks for)"
         print(f"{name:12s} {status}")
     return 0
 
@@ -71,9 +73,14 @@ def cmd_models(args) -> int:
 def cmd_data_check(args) -> int:
     from facebench.datasets import check_dataset
 
-    report = check_dataset(args.dataset, args.root)
+    report = check_dataset(args.dataset, args.root, pin=args.pin)
     for key, value in report["facts"].items():
-        print(f"{key:10s} {value}")
+        if isinstance(value, dict):  # per fold, per group: one line each
+            print(key)
+            for k, v in value.items():
+                print(f"  {k!s:10s} {v}")
+        else:
+            print(f"{key:10s} {value}")
     for w in report["warnings"]:
         print(f"warning: {w}")
     for e in report["errors"]:
@@ -89,13 +96,59 @@ def cmd_data_check(args) -> int:
 def cmd_evaluate(args) -> int:
     from facebench.scoring import evaluate
 
+    settings = dict(args.set or [])
+    if args.both_orders:
+        settings["both_orders"] = True
+    # `facebench merge` is this command with nothing scored: it folds the run's shard files in.
+    merging = args.command == "merge"
     run = evaluate(args.model, args.dataset, root=args.root, limit=args.limit, batch_size=args.batch_size,
-                   out=args.out)
+                   out=args.out, settings=settings or None, shard=args.shard, score=not merging)
     m = run.metrics()
     print_metrics(m)
-    print(f"  results          {run.store.dir}")
+    print(f"  results          {run.store.db_path if args.shard else run.store.dir}")
+    if args.shard:
+        print(f"  shard            {args.shard[0]}/{args.shard[1]}, {len(run.dataset.pairs)} pairs; when every shard "
+              "is done, `facebench merge` with the same options folds them into the run")
+    if merging:
+        print(f"  merged shards    {', '.join(run.manifest.get('sharded', {})) or 'none'} ({run.manifest['status']})")
     if args.json:
         print(_json_line(m))
+    return 0
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from facebench.scoring import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE read as YAML, so ``seed=1`` is a number and ``both_orders=true`` a bool."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def cmd_prompts(args) -> int:
+    from facebench.prompts import load_prompt, prompt_names
+
+    for name in prompt_names():
+        p = load_prompt(name)
+        answers = f"{'/'.join(p.yes)} vs {'/'.join(p.no)}" if p.kind == "yesno" else f"{p.low:g}-{p.high:g}"
+        print(f"{p.identity:18s} {p.language:3s} {p.kind:7s} {answers:14s} {p.question}")
+    return 0
+
+
+def cmd_tiny_build(args) -> int:
+    from facebench.tiny_models import build
+
+    print(f"wrote {build(args.family, args.folder, seed=args.seed)}")
     return 0
 
 
@@ -125,7 +178,10 @@ def cmd_metrics(args) -> int:
 def cmd_grid(args) -> int:
     from facebench.grid import run_grid
 
-    status = run_grid(args.grid, force=args.force)
+    for option, value in (("--address", args.address), ("--shards", args.shards)):
+        if value is not None and args.executor != "ray":
+            raise ValueError(f"{option} {value} needs --executor ray")
+    status = run_grid(args.grid, force=args.force, executor=args.executor, address=args.address, shards=args.shards)
     failed = [c for c in status["cells"] if c["status"] == "failed"]
     return 1 if failed and args.strict else 0
 
@@ -159,6 +215,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--root", **root)
     s.add_argument("--strict", action="store_true", help="fail on warnings too")
     s.add_argument("--json", action="store_true", help="end with the report as one JSON line")
+    s.add_argument("--pin", action="store_true",
+                   help="if the check passes, record the sha256 of every file the dataset reads in "
+                        "<data root>/facebench.lock.json; later checks and evaluate report any file that changed")
     s.set_defaults(func=cmd_data_check)
 
     s = sub.add_parser("evaluate", help="score a dataset with a model (resumes) and print the metrics", epilog=EPILOG)
@@ -168,8 +227,38 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=None, help="score N pairs, balanced over folds and labels")
     s.add_argument("--batch-size", type=int, default=16)
     s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/ in the checkout)")
+    s.add_argument("--set", action="append", type=_setting, metavar="KEY=VALUE",
+                   help="override a model setting, e.g. --set prompt=fr-ouinon (a new run, in its own folder)")
+    s.add_argument("--both-orders", action="store_true",
+                   help="MLLMs: also score each pair as (B, A), for order consistency")
+    s.add_argument("--shard", type=_shard, default=None, metavar="K/N",
+                   help="score only shard K of N (the pairs with pair_id %% N == K, K from 0) into the run's "
+                        "shards/ folder; `facebench merge` folds the shards in")
     s.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("merge", help="fold a run's shard files into its results and print the metrics "
+                                     "(scores nothing)", epilog=EPILOG)
+    s.add_argument("--model", required=True, help="as given to `facebench evaluate`")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", **root)
+    s.add_argument("--limit", type=int, default=None, help="as given to `facebench evaluate`")
+    s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/ in the checkout)")
+    s.add_argument("--set", action="append", type=_setting, metavar="KEY=VALUE",
+                   help="as given to `facebench evaluate`")
+    s.add_argument("--both-orders", action="store_true", help="as given to `facebench evaluate`")
+    s.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
+    s.set_defaults(func=cmd_evaluate, batch_size=16, shard=None)
+
+    s = sub.add_parser("prompts", help="the prompt templates MLLMs are asked with (facebench/prompts.yaml)")
+    s.set_defaults(func=cmd_prompts)
+
+    tiny = sub.add_parser("tiny", help="tiny random-weight MLLMs").add_subparsers(dest="tiny_command", required=True)
+    s = tiny.add_parser("build", help="build a tiny random-weight model of a real architecture into a folder")
+    s.add_argument("family")
+    s.add_argument("folder")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_tiny_build)
 
     s = sub.add_parser("metrics", help="metrics for an external CSV with columns score,label,fold[,group]")
     s.add_argument("scores")
@@ -180,6 +269,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("grid")
     s.add_argument("--force", action="store_true", help="re-execute cells that are already complete")
     s.add_argument("--strict", action="store_true", help="exit non-zero when a cell failed")
+    s.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: cells one after another here; ray: cells (and shards) as tasks on a Ray cluster")
+    s.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --executor ray: the cluster's address (HEAD:6379, or auto); default: a local Ray")
+    s.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="with --executor ray: split every cell into N tasks (overrides the grid file's shards)")
     s.set_defaults(func=cmd_grid)
 
     demo = sub.add_parser("demo", help="the bundled demo set").add_subparsers(dest="demo_command", required=True)

@@ -3,26 +3,19 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
 
 from facebench.grid import STATUS_FILE, load_grid, run_grid
 from facebench.report import collect, main_table
 
-from conftest import ROOT, copy_book_sources
-
-
-def write_grid(path: Path, **changes) -> Path:
-    doc = yaml.safe_load((ROOT / "grids" / "demo.yaml").read_text())
-    doc.update(changes)
-    path.write_text(yaml.safe_dump(doc))
-    return path
+from conftest import ROOT, copy_book_sources, write_grid
 
 
 def test_cells_are_named_model__dataset_with_merged_parameters(tmp_path):
     grid = write_grid(tmp_path / "g.yaml", base=str(ROOT), parameters={"batch_size": 4, "limit": 10},
-                      models=["dlib", {"model": "dlib", "parameters": {"batch_size": 2}}], datasets=["demo"])
+                      models=["dlib", {"model": "dlib", "label": "dlib-b2", "parameters": {"batch_size": 2}}],
+                      datasets=["demo"])
     cells = load_grid(grid)["cells"]
-    assert [c["name"] for c in cells] == ["dlib__demo", "dlib__demo"]
+    assert [c["name"] for c in cells] == ["dlib__demo", "dlib-b2__demo"]
     assert cells[0]["parameters"] == {"batch_size": 4, "limit": 10, "model": "dlib", "dataset": "demo",
                                       "out": str(ROOT / "results")}
     assert cells[1]["parameters"]["batch_size"] == 2
@@ -45,7 +38,13 @@ def test_unknown_parameter_fails_before_any_cell_runs(tmp_path):
 
 def test_demo_grid_executes_the_notebook(demo_project):
     project, status = demo_project
-    assert [c["status"] for c in status["cells"]] == ["complete"]
+    by_name = {c["name"]: c["status"] for c in status["cells"]}
+    assert by_name.pop("arcface-r50__demo") == "not available"  # its weights file is not in the checkout
+    assert set(by_name.values()) == {"complete"} and "negative-control-fr__demo" in by_name
+    nb = nbformat.read(project / "book" / "runs" / "negative-control-fr__demo.ipynb", as_version=4)
+    assert nb.cells[0].source.startswith("# negative-control (prompt=fr-ouinon) on demo")
+    assert not any("injected-parameters" in c.metadata.get("tags", []) and "remove-cell" not in c.metadata["tags"]
+                   for c in nb.cells)  # papermill's cell of machine paths stays off the page
     nb = nbformat.read(project / "book" / "runs" / "dlib__demo.ipynb", as_version=4)
     assert nb.metadata.papermill.parameters["model"] == "dlib"
     assert not nb.metadata.papermill.get("exception")
@@ -102,3 +101,16 @@ def test_unknown_model_fails_before_any_cell_runs(tmp_path):
     with pytest.raises(ValueError, match="dlbi.*Did you mean 'dlib'"):
         run_grid(grid, log=lambda *_: None)
     assert not (project / "book" / "runs").exists()
+
+
+def test_labelled_entries_name_their_cells_and_may_keep_to_some_datasets(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", base=str(ROOT), datasets=["demo", "lfw"], models=[
+        "dlib", {"model": "dlib", "label": "dlib-jitter", "datasets": ["lfw"],
+                 "parameters": {"settings": {"num_jitters": 1}}}])
+    cells = {c["name"]: c for c in load_grid(grid)["cells"]}
+    assert list(cells) == ["dlib__demo", "dlib__lfw", "dlib-jitter__lfw"]
+    assert cells["dlib-jitter__lfw"]["parameters"]["settings"] == {"num_jitters": 1}
+    with pytest.raises(ValueError, match=r"two cells are named 'dlib__demo'.*label"):
+        load_grid(write_grid(tmp_path / "dup.yaml", models=["dlib", {"model": "dlib", "parameters": {}}]))
+    with pytest.raises(ValueError, match=r"lists datasets \['cfp'\]"):
+        load_grid(write_grid(tmp_path / "bad.yaml", models=[{"model": "dlib", "label": "x", "datasets": ["cfp"]}]))

@@ -288,3 +288,70 @@ def test_write_waits_for_another_process_creating_the_store(tmp_path):
     assert store.done_ids() == {1}
     with closing(sqlite3.connect(store.db_path)) as con:
         assert con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+# ------------------------------------------------------------------ shards and merging
+
+
+def test_shard_files_live_under_the_run_and_keep_its_folder_name(tmp_path):
+    run = RunStore.for_run(tmp_path, "dlib", "demo", {"model": "dlib"})
+    shard = run.shard(2, 4)
+    assert shard.dir == run.dir  # so the settings hash (dir.name) is the run's
+    assert shard.db_path == run.dir / "shards" / "2-of-4.sqlite"
+    assert shard.manifest_path == run.dir / "shards" / "2-of-4.json"
+    assert run.shards() == [] and not run.dir.exists()
+    shard.write([row(2)])
+    run.shard(0, 4).write([row(4)])
+    (run.dir / "shards" / "notes-of-me.sqlite").write_text("not a shard")  # ignored: not k-of-N
+    assert [s.name for s in run.shards()] == ["0-of-4", "2-of-4"]
+    assert not run.db_path.exists()  # shards never write the run's own file
+
+
+@pytest.mark.parametrize("index, count", [(4, 4), (-1, 4), (0, 0)])
+def test_a_shard_index_outside_0_to_n_minus_1_is_refused(tmp_path, index, count):
+    with pytest.raises(ValueError, match=f"shard {index} of {count}"):
+        RunStore(tmp_path / "run").shard(index, count)
+
+
+def test_a_shard_reads_through_to_its_run(tmp_path):
+    run = RunStore(tmp_path / "run")
+    run.write([row(1, raw_output="run"), row(3, score=None, error="timeout")])
+    shard = run.shard(1, 2)
+    assert shard.done_ids() == {1}  # the run's error row is not done: the shard retries pair 3
+    shard.write([row(3, score=0.9, raw_output="shard"), row(5, raw_output="shard")])
+    assert shard.done_ids() == {1, 3, 5}
+    got = shard.rows()
+    assert list(got.columns) == ROW_COLUMNS
+    assert got["pair_id"].tolist() == [1, 3, 5]
+    assert got["raw_output"].tolist() == ["run", "shard", "shard"]  # the shard's result beats the run's error
+    assert run.done_ids() == {1}  # until merged
+
+
+def test_merge_follows_the_write_rule_and_is_idempotent(tmp_path):
+    run = RunStore(tmp_path / "run")
+    run.write([row(0, raw_output="run"), row(2, score=None, decision=None, error="timeout")])
+    a, b = run.shard(0, 2), run.shard(1, 2)
+    a.write([row(0, score=-1.0, raw_output="late"), row(2, score=0.25, decision=0, raw_output="a")])
+    b.write([row(1, raw_output="b"), row(3, score=None, decision=None, raw_output=None, error="bad image")])
+    assert run.merge([a, b]) == 3  # pair 2 replaced, pairs 1 and 3 added; pair 0 kept
+    assert raw_rows(run) == [(0, 0.5, 1, "run", 0.01, None), (1, 0.5, 1, "b", 0.01, None),
+                             (2, 0.25, 0, "a", 0.01, None), (3, None, None, None, 0.01, "bad image")]
+    assert run.merge([a, b]) == 1  # only the error row is rewritten; nothing finished changes
+    assert raw_rows(run)[:3] == [(0, 0.5, 1, "run", 0.01, None), (1, 0.5, 1, "b", 0.01, None),
+                                 (2, 0.25, 0, "a", 0.01, None)]
+    assert run.done_ids() == {0, 1, 2}
+
+
+def test_merge_shards_keeps_the_files_so_rows_written_later_are_merged_too(tmp_path):
+    run = RunStore(tmp_path / "run")
+    shard = run.shard(0, 3)
+    shard.write([row(0)])
+    shard.write_manifest({"shard": {"index": 0, "count": 3}, "status": "running"})
+    assert run.merge_shards() == {"0-of-3": {"shard": {"index": 0, "count": 3}, "status": "running"}}
+    shard.write([row(3)])  # the shard goes on writing after a merge
+    run.merge_shards()
+    assert run.done_ids() == {0, 3}
+    assert shard.db_path.exists()
+    with closing(sqlite3.connect(run.db_path)) as con:
+        assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    assert RunStore(tmp_path / "empty").merge_shards() == {}

@@ -1,0 +1,426 @@
+"""Where the cells of a grid run: here, one after another, or as tasks on a Ray cluster.
+
+:func:`facebench.grid.run_grid` decides which cells run and records what
+happened to each; an executor only runs them, through two callbacks the grid
+hands it: ``render(job)`` executes the cell's notebook in this process and
+records the outcome, ``fail(job, error, traceback)`` records a cell that failed
+before its page could be made.
+
+``local`` (:class:`LocalExecutor`)
+    Renders the cells one after another; the notebook's ``facebench.evaluate``
+    scores the pairs.
+``ray`` (:class:`RayExecutor`)
+    Scores on a Ray cluster first: one task per (model, dataset) cell, or per
+    shard of it, asking for the CPUs and GPUs of the model's ``resources``
+    (:func:`task_resources`). Each task runs :func:`facebench.evaluate` on its
+    worker, which sends every finished batch of rows to a :class:`StoreServer`
+    actor on the driver's machine; the actor writes them into the driver's
+    results store. Workers need the datasets but no shared file system, and a
+    finished batch is never lost. When all of a cell's tasks are done, the
+    driver renders the same notebook as the local executor with
+    ``FACEBENCH_NO_SCORING=1``: it merges the shards, finds every pair stored
+    and only computes and draws, so the pages are the local executor's and no
+    model is loaded on the driver. A failed task is retried once (resuming from
+    the store), then its cell is recorded as failed, with a page that shows the
+    error. Ctrl-C cancels every outstanding task, and the grid records the
+    unfinished cells as interrupted.
+
+Ray is imported only when a Ray session starts.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from facebench.registry import Registry
+from facebench.store import RunStore
+
+EXECUTORS: Registry[type] = Registry("executor")
+RETRIES = 1  # a failed task runs once more (resuming from the store) before its cell counts as failed
+CANCEL_WAIT_S = 10  # how long Ctrl-C waits for cancelled tasks to stop before the driver goes on
+# Ray puts unix sockets at <temp dir>/session_<date>_<time>_<usec>_<pid>/sockets/plasma_store, about 65
+# characters below its temp dir, and Linux allows 107 in a socket path (sun_path), so the dir gets 40.
+MAX_RAY_TEMP_DIR = 40
+# Backends whose models want a GPU when the cluster has one: the MLLMs run through transformers.
+GPU_BACKENDS = frozenset({"hf"})
+
+
+@dataclass
+class Job:
+    """One grid cell to run: its log label, name, notebook parameters and number of shards."""
+
+    index: int
+    label: str  # "[i/n] model__dataset", for log lines
+    name: str
+    parameters: dict
+    shards: int = 1
+    started: float = field(default_factory=time.perf_counter)  # reset when the executor starts the job
+
+
+@EXECUTORS.register("local")
+class LocalExecutor:
+    """Each cell's notebook in this process, one after another; the notebook scores its pairs."""
+
+    name = "local"
+    render_env: dict[str, str] = {}
+
+    def __init__(self, address: str | None = None, **_):
+        if address:
+            raise ValueError(f"--address {address}: the local executor runs here; use --executor ray for a cluster")
+
+    @contextmanager
+    def session(self):
+        yield self
+
+    def unavailable(self, model: str) -> str | None:
+        return None
+
+    def run(self, jobs: list[Job], *, render: Callable, fail: Callable, log: Callable) -> None:
+        for job in jobs:
+            job.started = time.perf_counter()
+            render(job)
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    """Cells scored as Ray tasks, pages rendered here (see the module docstring).
+
+    Parameters
+    ----------
+    address : str, optional
+        A running cluster's address (``HEAD:6379``, or ``auto`` for the one
+        ``ray start`` runs on this machine); None starts a local Ray on
+        127.0.0.1 for the duration of the grid (:func:`ray_session`). A Ray
+        session already open in this process is used as it is.
+    num_cpus : int, optional
+        CPUs of a local Ray (default: all).
+    temp_dir : path, optional
+        Where a local Ray keeps its sockets and logs (the grid passes
+        ``<output_dir>/.ray``); a path too long for a unix socket is replaced by
+        a folder under /tmp, removed afterwards.
+    log_to_driver : bool
+        Show the workers' output here.
+    task : callable, optional
+        The function a task runs, :func:`score_task` by default (tests swap it).
+    """
+
+    name = "ray"
+    render_env = {"FACEBENCH_NO_SCORING": "1"}
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None, temp_dir=None,
+                 log_to_driver: bool = True, task: Callable | None = None):
+        self.address, self.num_cpus, self.temp_dir = address, num_cpus, temp_dir
+        self.log_to_driver, self.task = log_to_driver, task or score_task
+        self._nodes: list[dict] = []
+
+    @contextmanager
+    def session(self):
+        with ray_session(self.address, num_cpus=self.num_cpus, temp_dir=self.temp_dir,
+                         log_to_driver=self.log_to_driver) as ray:
+            self._nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            yield self
+
+    def resources(self, model: str) -> dict:
+        from facebench.models import resolve
+
+        return task_resources(resolve(model), cluster_gpus=sum(n.get("GPU", 0) for n in self._nodes))
+
+    def unavailable(self, model: str) -> str | None:
+        """Why no node of the cluster, as it was when the session began, can take a task of ``model``, or None."""
+        return infeasible(self.resources(model), self._nodes)
+
+    def run(self, jobs: list[Job], *, render: Callable, fail: Callable, log: Callable) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from facebench.scoring import run_store
+
+        # The writer sits on this machine, next to the results folder; with 0 CPUs it never holds back a task.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        server = ray.remote(StoreServer).options(num_cpus=0, scheduling_strategy=here).remote()
+        task = ray.remote(self.task)
+        running: dict = {}  # ObjectRef → (job, shard, attempt, store folder)
+        left: dict[int, int] = {}  # job index → tasks not finished
+        errors: dict[int, tuple] = {}  # job index → (error, traceback) of its first task that failed for good
+
+        def submit(job, shard, attempt, store_dir):
+            res = self.resources(job.parameters["model"])
+            ref = task.options(num_cpus=res["cpus"], num_gpus=res["gpus"], max_retries=0,
+                               name=f"{job.name}{_shard_label(shard)}").remote(
+                scoring_parameters(job.parameters), shard, store_dir, server)
+            running[ref] = (job, shard, attempt, store_dir)
+
+        try:
+            for job in jobs:
+                job.started = time.perf_counter()
+                p = job.parameters
+                try:
+                    store_dir = str(run_store(p["model"], p["dataset"], out=p.get("out"),
+                                              settings=p.get("settings")).dir)
+                    res = self.resources(p["model"])
+                except Exception as exc:  # noqa: BLE001 - a bad cell fails alone, as with the local executor
+                    fail(job, exc, "")
+                    continue
+                shards = [None] if job.shards == 1 else [(k, job.shards) for k in range(job.shards)]
+                left[job.index] = len(shards)
+                for shard in shards:
+                    submit(job, shard, 1, store_dir)
+                log(f"{job.label}: submitted {len(shards)} Ray task(s), {res['cpus']} CPU and {res['gpus']} GPU each")
+            while running:
+                # A timeout, so that Ctrl-C is seen between waits.
+                ready, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+                if not ready:
+                    continue
+                job, shard, attempt, store_dir = running.pop(ready[0])
+                try:
+                    done = ray.get(ready[0])
+                    log(f"{job.label}{_shard_label(shard)}: {done['pairs']} pairs stored ({done['seconds']} s)")
+                except Exception as exc:  # noqa: BLE001 - task errors and lost workers alike
+                    error, trace = unwrap_error(exc)
+                    if attempt <= RETRIES:
+                        log(f"{job.label}{_shard_label(shard)}: {type(error).__name__}: {_first_line(error)}; "
+                            f"retrying (attempt {attempt + 1} of {RETRIES + 1})")
+                        submit(job, shard, attempt + 1, store_dir)
+                        continue
+                    errors.setdefault(job.index, (error, trace))
+                left[job.index] -= 1
+                if not left[job.index]:
+                    if job.index in errors:
+                        fail(job, *errors[job.index])
+                    else:
+                        render(job)
+        except KeyboardInterrupt:
+            refs = list(running)
+            log(f"interrupted: cancelling {len(refs)} Ray task(s); their finished batches are stored")
+            for ref in refs:
+                # force: a running task stops now, not when its model call returns; the batch it was
+                # scoring is lost, every batch before it is already in the store.
+                ray.cancel(ref, force=True)
+            if refs:
+                ray.wait(refs, num_returns=len(refs), timeout=CANCEL_WAIT_S)
+            raise
+        finally:
+            ray.kill(server)
+
+
+def make_executor(name: str, **options):
+    """The executor registered as ``name`` (``local`` or ``ray``), built with ``options``."""
+    return EXECUTORS.get(name)(**options)
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None, temp_dir=None,
+                log_to_driver: bool = True):
+    """Ray for the duration of the block: the cluster at ``address``, or a local one.
+
+    A local Ray listens on 127.0.0.1 only (by default it binds the machine's
+    address on every interface; ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, set
+    here before Ray is imported, keeps it on loopback), sends no usage
+    statistics (``RAY_USAGE_STATS_ENABLED=0``), has no dashboard, and keeps its
+    files in ``temp_dir`` (see :class:`RayExecutor`). On the way out, Ctrl-C
+    included, a local Ray this function started is shut down and a connection
+    it opened to a cluster is closed (the cluster keeps running); a session
+    already open in this process is used and left open. Yields the ``ray`` module.
+    """
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        yield sys.modules["ray"]
+        return
+    if address and address.startswith("ray://"):
+        raise ValueError(f"--address {address}: Ray Client addresses are not supported, since results are written "
+                         "on the driver's machine; run facebench on a node of the cluster with --address HEAD:6379")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    remove = None
+    if address is None:
+        from ray._private import ray_constants
+
+        if getattr(ray_constants, "ENABLE_RAY_CLUSTER", False):
+            raise RuntimeError("a local Ray would listen on every network interface: ray was imported before "
+                               "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 was set (or it is set to 1)")
+        tmp, remove = ray_temp_dir(temp_dir)
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=log_to_driver)
+    else:
+        ray.init(address=address, log_to_driver=log_to_driver)
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        if remove:
+            import shutil
+
+            shutil.rmtree(remove, ignore_errors=True)
+
+
+def ray_temp_dir(preferred=None) -> tuple[Path, Path | None]:
+    """A temp dir for a local Ray short enough for its unix sockets, and the folder to remove afterwards.
+
+    >>> path, remove = ray_temp_dir("/" + "long-folder-name/" * 4 + ".ray")
+    >>> len(str(path)) <= MAX_RAY_TEMP_DIR, path == remove
+    (True, True)
+    >>> path.rmdir()
+    """
+    if preferred is not None and len(str(Path(preferred).absolute())) <= MAX_RAY_TEMP_DIR:
+        path = Path(preferred).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        return path, None
+    base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="fbray-", dir=base))
+    if len(str(path)) > MAX_RAY_TEMP_DIR:
+        path.rmdir()
+        raise RuntimeError(f"no temp dir for Ray shorter than {MAX_RAY_TEMP_DIR} characters (tried {path})")
+    return path, path
+
+
+def task_resources(spec, *, cluster_gpus: float) -> dict:
+    """The CPUs and GPUs one task of the model ``spec`` asks Ray for.
+
+    A registry entry's ``resources: {gpus: N, cpus: N}`` (facebench/models.yaml;
+    fractions share a GPU) where given; otherwise 1 CPU, and 1 GPU for an
+    ``hf`` backend model when the cluster has any GPU, else none (a CPU-only
+    cluster runs every model on CPUs).
+
+    >>> from facebench.models import ModelSpec
+    >>> task_resources(ModelSpec("hf:org/model", "hf"), cluster_gpus=8)
+    {'cpus': 1, 'gpus': 1}
+    >>> task_resources(ModelSpec("hf:org/model", "hf"), cluster_gpus=0)
+    {'cpus': 1, 'gpus': 0}
+    >>> task_resources(ModelSpec("big", "hf", entry={"resources": {"gpus": 2, "cpus": 8}}), cluster_gpus=8)
+    {'cpus': 8, 'gpus': 2}
+    """
+    wanted = dict(spec.entry.get("resources") or {})
+    unknown = sorted(set(wanted) - {"cpus", "gpus"})
+    if unknown:
+        raise ValueError(f"facebench/models.yaml, model {spec.spec!r}: unknown resources {unknown}; "
+                         "the keys are gpus and cpus")
+    res = {"cpus": wanted.get("cpus", 1),
+           "gpus": wanted.get("gpus", 1 if spec.backend in GPU_BACKENDS and cluster_gpus > 0 else 0)}
+    for key, value in res.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"facebench/models.yaml, model {spec.spec!r}: resources.{key} must be a number "
+                             f">= 0, got {value!r}")
+    return res
+
+
+def infeasible(res: dict, nodes: list[dict]) -> str | None:
+    """Why no node (its Ray resources, e.g. ``{"CPU": 16, "GPU": 2}``) can run a task needing ``res``, or None.
+
+    >>> infeasible({"cpus": 1, "gpus": 1}, [{"CPU": 8}, {"CPU": 4, "GPU": 1}]) is None
+    True
+    >>> infeasible({"cpus": 1, "gpus": 2}, [{"CPU": 4, "GPU": 1}])
+    'a task needs 1 CPU(s) and 2 GPU(s) on one node; the Ray cluster has no such node (its largest: 4 CPUs, 1 GPUs)'
+    """
+    if any(n.get("CPU", 0) >= res["cpus"] and n.get("GPU", 0) >= res["gpus"] for n in nodes):
+        return None
+    cpus, gpus = (max((n.get(k, 0) for n in nodes), default=0) for k in ("CPU", "GPU"))
+    return (f"a task needs {res['cpus']} CPU(s) and {res['gpus']} GPU(s) on one node; the Ray cluster has no "
+            f"such node (its largest: {cpus:g} CPUs, {gpus:g} GPUs)")
+
+
+def scoring_parameters(parameters: dict) -> dict:
+    """The cell's notebook parameters that :func:`facebench.evaluate` takes, less ``out``.
+
+    The template passes its parameters to ``evaluate`` under the same names; the
+    results folder is the driver's, reached through the :class:`StoreServer`.
+    """
+    from facebench.scoring import evaluate
+
+    takes = set(inspect.signature(evaluate).parameters) - {"out", "shard", "store", "score", "verifier"}
+    return {k: v for k, v in parameters.items() if k in takes}
+
+
+def score_task(parameters: dict, shard: tuple[int, int] | None, store_dir: str, server) -> dict:
+    """What one Ray task runs: :func:`facebench.evaluate` of a cell, or of one shard of it, on its worker.
+
+    Rows and manifests go through ``server`` into the store at ``store_dir`` on
+    the driver's machine; it resumes from what that store already holds.
+    """
+    os.environ["FACEBENCH_PROGRESS"] = "0"  # progress bars would flood the driver's console
+    os.environ.pop("FACEBENCH_NO_SCORING", None)  # scoring is this task's whole point
+    from facebench.scoring import evaluate
+
+    t0 = time.perf_counter()
+    run = evaluate(**parameters, shard=shard, store=RemoteStore(server, store_dir))
+    return {"pairs": len(run.dataset.pairs), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+class StoreServer:
+    """The results store, served to workers by a Ray actor on the driver's machine.
+
+    One actor handles one call at a time, so the driver's SQLite files have a
+    single writer however many workers report at once.
+    """
+
+    METHODS = frozenset({"done_ids", "write", "rows", "read_manifest", "write_manifest", "merge_shards"})
+
+    def call(self, directory: str, shard: tuple[int, int] | None, method: str, *args):
+        if method not in self.METHODS:
+            raise ValueError(f"StoreServer: {method!r} is not a store method it serves")
+        store = RunStore(directory)
+        return getattr(store.shard(*shard) if shard else store, method)(*args)
+
+
+class RemoteStore:
+    """A :class:`~facebench.store.RunStore` (or shard) on the driver's machine, used from a worker.
+
+    It has the methods :func:`facebench.evaluate` calls; each runs on the
+    :class:`StoreServer` and returns once done, so a batch a worker has written
+    is stored before it scores the next.
+    """
+
+    def __init__(self, server, directory, shard: tuple[int, int] | None = None):
+        self.server, self.dir, self._shard = server, Path(directory), shard
+
+    def shard(self, index: int, count: int) -> "RemoteStore":
+        return RemoteStore(self.server, self.dir, (index, count))
+
+    @property
+    def parent(self) -> "RemoteStore":
+        return RemoteStore(self.server, self.dir)
+
+    def _call(self, method: str, *args):
+        import ray
+
+        return ray.get(self.server.call.remote(str(self.dir), self._shard, method, *args))
+
+    def done_ids(self) -> set[int]:
+        return self._call("done_ids")
+
+    def write(self, rows: list[dict]) -> None:
+        self._call("write", rows)
+
+    def rows(self):
+        return self._call("rows")
+
+    def read_manifest(self) -> dict:
+        return self._call("read_manifest")
+
+    def write_manifest(self, doc: dict) -> None:
+        self._call("write_manifest", doc)
+
+    def merge_shards(self) -> dict[str, dict]:
+        return self._call("merge_shards")
+
+
+def unwrap_error(exc: BaseException) -> tuple[BaseException, str]:
+    """The error a task raised (not Ray's wrapper) and the text of its remote traceback."""
+    cause = getattr(exc, "cause", None)
+    return (cause if isinstance(cause, BaseException) else exc), str(exc)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def _shard_label(shard) -> str:
+    return f" shard {shard[0]}/{shard[1]}" if shard else ""
