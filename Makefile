@@ -1,4 +1,5 @@
-# `make book` sets everything up and builds the report; `make test` runs the tests.
+# `make book` sets everything up and builds the report; `make test` runs the tests;
+# `make lab` opens the analysis notebooks in JupyterLab.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed
 GRID ?= grids/demo.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo grid book test clean
+.PHONY: install demo grid book test lab mathjax clean
 
 install: $(STAMP)
 
@@ -31,5 +32,22 @@ book: grid
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# JupyterLab on the checkout. The overrides make .md files open as notebooks
+# (jupytext's viewer); jupytext.toml pairs notebooks/*.md with _build/lab/*.ipynb.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+lab: $(STAMP)
+	install -D -m 644 .jupyter/lab-overrides.json $(LAB_SETTINGS)/overrides.json
+	$(BIN)/jupyter lab --notebook-dir=.
+
+# Re-create the vendored MathJax (book/_static/mathjax, see its README); needs npm.
+MATHJAX := mathjax@3.2.2
+mathjax:
+	rm -rf _build/mathjax && mkdir -p _build/mathjax
+	cd _build/mathjax && npm pack --silent $(MATHJAX) && tar xzf mathjax-*.tgz && sha256sum mathjax-*.tgz
+	rm -rf book/_static/mathjax/tex-mml-chtml.js book/_static/mathjax/output
+	mkdir -p book/_static/mathjax/output/chtml/fonts
+	cp _build/mathjax/package/es5/tex-mml-chtml.js _build/mathjax/package/LICENSE book/_static/mathjax/
+	cp -r _build/mathjax/package/es5/output/chtml/fonts/woff-v2 book/_static/mathjax/output/chtml/fonts/
+
 clean:
-	rm -rf _build book/runs book/results.ipynb
+	rm -rf _build book/runs book/*.ipynb

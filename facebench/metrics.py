@@ -29,6 +29,10 @@ __all__ = [
     "kfold_accuracy",
     "far_key",
     "verification_report",
+    "det_curve",
+    "kfold_decisions",
+    "bootstrap_ci",
+    "mcnemar_test",
 ]
 
 
@@ -508,3 +512,291 @@ def verification_report(scores, labels, folds, *, decisions=None, fars=(1e-2, 1e
     if decisions is not None:
         report |= _hard_summary(decisions, labels)
     return report
+
+
+# ------------------------------------------------------ beyond the protocol
+
+
+def det_curve(scores, labels):
+    """Detection error trade-off: false accept rate against false reject rate.
+
+    The ROC curve seen from its errors: ``frr = 1 - tpr`` at the same
+    thresholds as `roc_curve` (a pair is accepted when ``score >= threshold``),
+    so both curves of one run are drawn from the same points.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_pairs,)
+        Similarity per pair, higher means more likely the same person.
+        Must be finite.
+    labels : array-like of shape (n_pairs,)
+        1/True for genuine pairs, 0/False for impostor pairs. Both classes
+        must be present.
+
+    Returns
+    -------
+    far : ndarray of shape (n_thresholds,)
+        False accept rate at each threshold, non-decreasing.
+    frr : ndarray of shape (n_thresholds,)
+        False reject rate at each threshold, non-increasing.
+    thresholds : ndarray of shape (n_thresholds,)
+        As in `roc_curve`: ``+inf``, then the distinct scores, decreasing.
+
+    Examples
+    --------
+    >>> far, frr, thr = det_curve([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
+    >>> far.tolist(), frr.tolist()
+    ([0.0, 0.0, 0.5, 0.5, 1.0], [1.0, 0.5, 0.5, 0.0, 0.0])
+    """
+    fpr, tpr, thresholds = roc_curve(scores, labels)
+    return fpr, 1 - tpr, thresholds
+
+
+def kfold_decisions(scores, labels, folds):
+    """Per-pair "same" decisions of the k-fold protocol of `kfold_accuracy`.
+
+    Each pair is judged with the threshold learned on the other folds, so
+    ``mean(kfold_decisions(...) == labels)`` over the pairs of one fold is
+    that fold's accuracy. Used to compare two models pair by pair
+    (`mcnemar_test`) on the same footing as the accuracy they report.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_pairs,)
+        Similarity per pair, higher means more likely the same person.
+    labels : array-like of shape (n_pairs,)
+        1/True for genuine pairs, 0/False for impostor pairs.
+    folds : array-like of shape (n_pairs,)
+        Integer fold id per pair; at least 2 distinct ids.
+
+    Returns
+    -------
+    decisions : ndarray of bool, shape (n_pairs,)
+        True where the pair is judged "same" (``score > threshold``).
+
+    Examples
+    --------
+    >>> kfold_decisions([0.125, 0.625, 0.375, 0.25, 0.75, 0.5],
+    ...                 [0, 1, 0, 0, 1, 1], [0, 0, 0, 1, 1, 1]).tolist()
+    [False, True, False, False, True, False]
+    """
+    _, thresholds = kfold_accuracy(scores, labels, folds)
+    scores, folds = _as_scores(scores), _as_folds(folds)
+    index = np.searchsorted(np.unique(folds), folds)
+    return scores > thresholds[index]
+
+
+def _kfold_mean(scores, labels, folds):
+    return float(np.mean(kfold_accuracy(scores, labels, folds)[0]))
+
+
+def _mean_correct(scores, labels, folds):
+    return float(np.mean(scores == labels))
+
+
+# Statistics `bootstrap_ci` knows by name: f(scores, labels, folds) -> float.
+BOOTSTRAP_STATISTICS = {
+    "kfold_accuracy": _kfold_mean,
+    "decision_accuracy": _mean_correct,
+    "auc": lambda s, y, f: roc_auc_score(s, y),
+    "eer": lambda s, y, f: equal_error_rate(s, y),
+}
+
+
+def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", n_resamples=1000, seed=0,
+                 level=0.95):
+    """Percentile bootstrap confidence interval of a verification statistic.
+
+    Each resample draws pairs with replacement *within each stratum* of
+    (fold, label) — or of label alone without `folds` — so every resample
+    keeps the protocol's fold sizes and its genuine/impostor balance, and the
+    k-fold protocol stays defined. For ``"kfold_accuracy"`` the whole
+    protocol (thresholds learned on the other folds) is re-run on each
+    resample. The interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
+    quantiles of the resampled statistics.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_pairs,)
+        Similarity per pair (finite), or for ``"decision_accuracy"`` the
+        model's decision per pair (1 same, 0 different).
+    labels : array-like of shape (n_pairs,)
+        1/True for genuine pairs, 0/False for impostor pairs.
+    folds : array-like of shape (n_pairs,), default=None
+        Integer fold id per pair; required by ``"kfold_accuracy"``.
+    statistic : str or callable, default="kfold_accuracy"
+        A name in ``BOOTSTRAP_STATISTICS`` (``"kfold_accuracy"``,
+        ``"decision_accuracy"``, ``"auc"``, ``"eer"``) or a function
+        ``f(scores, labels, folds) -> float``.
+    n_resamples : int, default=1000
+        Number of bootstrap resamples, at least 1.
+    seed : int, default=0
+        Seed of numpy's default generator: the same seed gives the same
+        interval.
+    level : float, default=0.95
+        Confidence level, in (0, 1).
+
+    Returns
+    -------
+    ci : dict
+        ``estimate`` (the statistic on the pairs as given), ``low``, ``high``,
+        ``level``, ``n_resamples`` and ``statistic`` (its name).
+
+    Examples
+    --------
+    >>> r = bootstrap_ci([1, 1, 0, 0, 1, 0, 1, 0], [1, 1, 0, 0, 1, 1, 0, 0],
+    ...                  statistic="decision_accuracy", n_resamples=200)
+    >>> r["estimate"], r["low"] <= r["estimate"] <= r["high"]
+    (0.75, True)
+    """
+    scores, labels = _check_pairs(scores, labels)
+    name = statistic if isinstance(statistic, str) else getattr(statistic, "__name__", "statistic")
+    if isinstance(statistic, str):
+        if statistic not in BOOTSTRAP_STATISTICS:
+            raise ValueError(f"statistic must be one of {sorted(BOOTSTRAP_STATISTICS)} or a callable; "
+                             f"got {statistic!r}")
+        statistic = BOOTSTRAP_STATISTICS[statistic]
+    elif not callable(statistic):
+        raise ValueError(f"statistic must be a name or a callable; got {statistic!r}")
+    if folds is None:
+        if name == "kfold_accuracy":
+            raise ValueError("statistic 'kfold_accuracy' needs folds")
+        folds = np.zeros(len(scores), np.int64)
+    folds = _as_folds(folds)
+    _check_lengths(scores=scores, labels=labels, folds=folds)
+    if not len(scores):
+        raise ValueError("bootstrap_ci needs at least one pair; got 0")
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer; got {n_resamples!r}")
+    if not (isinstance(level, (int, float, np.number)) and 0 < level < 1):
+        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    rng = np.random.default_rng(seed)
+    strata = [np.flatnonzero(m) for m in _strata(folds, labels)]
+    values = np.empty(n_resamples)
+    # Resamples are drawn in chunks to bound memory (chunk × n_pairs indices).
+    chunk = max(1, min(n_resamples, 2_000_000 // max(len(scores), 1)))
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        # Each row: one index array per stratum, drawn from that stratum only.
+        idx = np.concatenate([s[rng.integers(0, len(s), (rows, len(s)))] for s in strata], axis=1)
+        if statistic is _kfold_mean:
+            values[start:start + rows] = _kfold_mean_resampled(scores, labels, folds, idx)
+        else:
+            values[start:start + rows] = [statistic(scores[i], labels[i], folds[i]) for i in idx]
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return {"statistic": name, "estimate": float(statistic(scores, labels, folds)), "low": float(low),
+            "high": float(high), "level": float(level), "n_resamples": int(n_resamples)}
+
+
+def _kfold_mean_resampled(scores, labels, folds, idx):
+    """`kfold_accuracy`'s mean for each row of ``idx`` (resampled pair indices), vectorised.
+
+    Equal to ``[_kfold_mean(scores[i], labels[i], folds[i]) for i in idx]``
+    (the tests check it), but each resample is a column of pair
+    multiplicities over the pairs sorted once, so no resample is sorted
+    again: the same cumulative-sum scan as `_best_threshold`, on weights.
+    Arrays are (pairs, resamples), so every reduction runs along contiguous rows.
+    """
+    rows, n = idx.shape
+    counts = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+    order = np.argsort(scores, kind="stable")
+    s, y, f = scores[order], labels[order], folds[order]
+    w = np.ascontiguousarray(counts[:, order].T, dtype=float)  # (n, rows)
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    distinct = s[starts]
+    n_distinct = len(distinct)
+    group = np.cumsum(np.r_[False, np.diff(s) != 0])  # distinct-score index of each sorted pair
+    cols = np.arange(rows)
+    wy = w * y[:, None]
+    all_pos, all_w = np.add.reduceat(wy, starts, axis=0), np.add.reduceat(w, starts, axis=0)  # (n_distinct, rows)
+    accuracies = []
+    for fold in np.unique(folds):
+        # Training weight per distinct score = all pairs' weight minus this fold's.
+        test = f == fold
+        g = group[test]
+        fold_starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
+        pos, tot = all_pos.copy(), all_w.copy()
+        pos[g[fold_starts]] -= np.add.reduceat(wy[test], fold_starts, axis=0)
+        tot[g[fold_starts]] -= np.add.reduceat(w[test], fold_starts, axis=0)
+        neg = tot - pos
+        n_pos = pos.sum(axis=0, keepdims=True)
+        # Correct calls with everything up to distinct[j] called "different", after "all same".
+        correct = np.r_[n_pos, np.cumsum(neg - pos, axis=0) + n_pos]
+        best = np.argmax(correct, axis=0)  # first maximum: the smallest threshold, as _best_threshold
+        # The best cut lies just above a training score (index best - 1) and below the next one.
+        nxt = np.where(tot > 0, np.arange(n_distinct, dtype=np.int32)[:, None], np.int32(n_distinct))
+        nxt = np.r_[np.minimum.accumulate(nxt[::-1], axis=0)[::-1], np.full((1, rows), n_distinct, np.int32)]
+        hi = nxt[best, cols]
+        lo_val = distinct[np.maximum(best - 1, 0)]
+        hi_val = distinct[np.minimum(hi, n_distinct - 1)]
+        mid = lo_val / 2 + hi_val / 2
+        mid = np.where(mid < hi_val, mid, lo_val)
+        threshold = np.where(best == 0, -np.inf, np.where(hi == n_distinct, np.inf, mid))
+        right = (s[test][:, None] > threshold[None, :]) == y[test][:, None]
+        accuracies.append(np.sum(w[test] * right, axis=0) / np.sum(w[test], axis=0))
+    return np.mean(accuracies, axis=0)
+
+
+def _strata(folds, labels):
+    keys = folds * 2 + labels.astype(np.int64)
+    return [keys == k for k in np.unique(keys)]
+
+
+def _binomial_two_sided(k, n):
+    """Exact two-sided p-value of k successes in n fair coin flips (min(1, 2 P[X <= min(k, n-k)]))."""
+    from fractions import Fraction
+
+    m = min(k, n - k)
+    tail = Fraction(sum(math.comb(n, i) for i in range(m + 1)), 2 ** n)
+    return float(min(Fraction(1), 2 * tail))
+
+
+def mcnemar_test(correct_a, correct_b):
+    """Exact McNemar test: do two models, judged on the same pairs, err equally often?
+
+    Only the discordant pairs count: ``b`` pairs that A got right and B
+    wrong, ``c`` the reverse. Under the null hypothesis each discordant pair
+    is a fair coin flip, so the p-value is the exact two-sided binomial
+    ``min(1, 2 * P[X <= min(b, c)])`` with ``X ~ Binomial(b + c, 1/2)``
+    (the exact form of statsmodels' ``mcnemar(..., exact=True)``); it is 1
+    when there is no discordant pair.
+
+    Parameters
+    ----------
+    correct_a : array-like of shape (n_pairs,)
+        1/True where model A's decision on the pair was right.
+    correct_b : array-like of shape (n_pairs,)
+        1/True where model B's decision on the same pair was right.
+
+    Returns
+    -------
+    result : dict
+        ``n_pairs``, ``both`` (both right), ``a_only``, ``b_only``,
+        ``neither``, ``accuracy_a``, ``accuracy_b``, ``statistic``
+        (``min(a_only, b_only)``) and ``pvalue``.
+
+    Examples
+    --------
+    >>> r = mcnemar_test([1, 1, 1, 1, 0, 1], [1, 0, 0, 0, 0, 1])
+    >>> r["a_only"], r["b_only"], r["pvalue"]
+    (3, 0, 0.25)
+    """
+    a, b = _as_labels_named(correct_a, "correct_a"), _as_labels_named(correct_b, "correct_b")
+    _check_lengths(correct_a=a, correct_b=b)
+    a_only, b_only = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = len(a)
+    return {"n_pairs": n, "both": int(np.sum(a & b)), "a_only": a_only, "b_only": b_only,
+            "neither": int(np.sum(~a & ~b)), "accuracy_a": float(a.mean()) if n else math.nan,
+            "accuracy_b": float(b.mean()) if n else math.nan, "statistic": min(a_only, b_only),
+            "pvalue": _binomial_two_sided(a_only, a_only + b_only) if a_only + b_only else 1.0}
+
+
+def _as_labels_named(x, name):
+    arr = _as_1d(x, name)
+    if arr.dtype == bool:
+        return arr
+    bad = ~np.isin(arr, (0, 1))
+    if bad.any():
+        raise ValueError(f"{name} must be 0/1 or bool; got {int(bad.sum())} other value(s), "
+                         f"e.g. {_some(arr[bad])}")
+    return arr == 1

@@ -1,9 +1,17 @@
+import ast
 import re
 import subprocess
+from pathlib import Path
 
+import jupytext
+import pytest
+
+from facebench.grid import execute, load_grid, run_grid
 from facebench.report import collect
 
-from conftest import BIN
+from conftest import BIN, ROOT
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.md"))
 
 
 def test_book_builds_with_warnings_as_errors_and_shows_the_results(demo_project):
@@ -11,10 +19,100 @@ def test_book_builds_with_warnings_as_errors_and_shows_the_results(demo_project)
     build = subprocess.run([str(BIN / "jupyter-book"), "build", str(project), "-n", "-W", "--keep-going"],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
-    html = (project / "_build" / "html" / "book" / "results.html").read_text()
+    pages = project / "_build" / "html" / "book"
+    html = (pages / "results.html").read_text()
     m = collect(project / "grids" / "demo.yaml").set_index("cell").loc["dlib__demo"]
     cell = f"{100 * m['accuracy_mean']:.2f} ± {100 * m['accuracy_std']:.2f}"
     assert re.search(r"<table[^>]*>.*dlib.*" + re.escape(cell), html, re.S), "main table missing"
-    intro = (project / "_build" / "html" / "book" / "intro.html").read_text()
+    intro = (pages / "intro.html").read_text()
     assert f"{m['accuracy_mean']:.1%}" in intro  # glued from the results notebook
-    assert (project / "_build" / "html" / "book" / "runs" / "dlib__demo.html").exists()
+    assert (pages / "runs" / "dlib__demo.html").exists()
+    # every chapter is there; sections whose runs do not exist yet say so
+    beyond = (pages / "beyond_the_paper.html").read_text()
+    assert "facellm-8b vs internvl3-8b" in beyond  # not in the demo grid: says "not run"
+    # the negative control's variants fill the order and prompt sections
+    for shows in ("negative-control-both-orders", "fr-ouinon@v1", "zh-shifou@v1", "score-0-100@v1"):
+        assert shows in beyond, shows
+    assert "hardest-pairs" in beyond and "1000</span>" in beyond  # gallery, and the glued resample count
+    protocol = (pages / "protocol.html").read_text()
+    assert "Answer with yes or no." in protocol and "&lt;|image_pad|&gt;" in protocol  # the prompt, verbatim
+    assert "no dataset whose pairs carry groups (RFW) is complete" in (pages / "rfw.html").read_text()
+    reported = (pages / "reported_vs_reproduced.html").read_text()
+    assert "99.38" in reported and "not run" in reported and "dnn_face_recognition_ex.cpp" in reported
+    # MathJax comes from the book, not a CDN
+    assert "_static/mathjax/tex-mml-chtml.js" in intro and "cdn.jsdelivr" not in intro
+
+
+def test_editing_an_analysis_rerenders_it_without_model_inference(demo_project):
+    """The promise of `make book` after editing notebooks/*.md: summaries re-run, scored cells do not."""
+    project, _ = demo_project
+    grid_path = project / "grids" / "demo.yaml"
+    source, output = project / "notebooks" / "results.md", project / "book" / "results.ipynb"
+    cell_page = project / "book" / "runs" / "dlib__demo.ipynb"
+    stores = sorted((project / "results").rglob("pairs.sqlite"))
+    before = {p: p.stat().st_mtime_ns for p in [cell_page, *stores]}
+    original = source.read_text()
+    marker = "An analysis edited after the runs."
+    try:
+        source.write_text(original + f"\n{marker}\n")
+        log = []
+        status = run_grid(grid_path, log=log.append)
+        assert {c["seconds"] for c in status["cells"]} == {0.0}  # every cell skipped or not available
+        assert any("complete, skipped" in line for line in log)
+        assert {p: p.stat().st_mtime_ns for p in before} == before  # no cell notebook or stored pair rewritten
+        assert marker in output.read_text()
+    finally:
+        source.write_text(original)
+        grid = load_grid(grid_path)
+        summary = next(s for s in grid["summaries"] if s["output"] == output)
+        execute(summary["notebook"], output, {"grid": str(grid_path.resolve())}, cwd=grid["base"],
+                tmpdir=project)
+    assert marker not in output.read_text()
+
+
+def test_every_summary_notebook_of_the_grid_is_a_page_of_the_book():
+    grid = load_grid(ROOT / "grids" / "demo.yaml")
+    toc = (ROOT / "_toc.yml").read_text()
+    for s in grid["summaries"]:
+        assert s["notebook"].exists()
+        page = s["output"].relative_to(ROOT).with_suffix("").as_posix()
+        assert f"file: {page}\n" in toc, page
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_hold_no_logic_and_one_literal_parameters_cell(path):
+    nb = jupytext.read(path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    parameters = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(parameters) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+    for node in ast.parse(parameters[0].source).body:
+        assert isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant), \
+            f"{path.name}: the parameters cell holds literals only, got {ast.dump(node)[:80]}"
+    for cell in code:
+        defined = [n for n in ast.walk(ast.parse(cell.source))
+                   if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda))]
+        assert not defined, f"{path.name}: logic belongs in facebench.report, not in a notebook"
+    headings = [c.source for c in nb.cells if c.cell_type == "markdown" and re.search(r"^# ", c.source, re.M)]
+    assert headings, f"{path.name}: no title"
+
+
+def test_notebooks_open_in_jupyterlab_as_paired_notebooks():
+    from jupytext.config import load_jupytext_configuration_file
+    from jupytext.paired_paths import paired_paths
+
+    config = load_jupytext_configuration_file(str(ROOT / "jupytext.toml"))
+    for path in NOTEBOOKS:
+        formats = config.default_formats(str(path))
+        paths = [Path(p) for p, _ in paired_paths(str(path), "md:myst", formats)]
+        assert paths == [path, ROOT / "_build" / "lab" / f"{path.stem}.ipynb"]
+    assert config.default_formats(str(ROOT / "book" / "intro.md")) is None  # prose pages stay Markdown
+    overrides = (ROOT / ".jupyter" / "lab-overrides.json").read_text()
+    assert '"markdown": "Jupytext Notebook"' in overrides
+    makefile = (ROOT / "Makefile").read_text()
+    assert "$(BIN)/jupyter lab --notebook-dir=." in makefile and ".jupyter/lab-overrides.json" in makefile
+
+
+def test_ci_installs_chromium_when_missing():
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install -y -qq chromium" in script and "[ ! -x /usr/bin/chromium ]" in script
+    assert script.index("chromium") < script.index("make test")

@@ -330,3 +330,142 @@ def test_report_speed():
     start = time.perf_counter()
     fm.verification_report(scores, labels, folds, decisions=decisions)
     assert time.perf_counter() - start < 0.5
+
+
+# ------------------------------------------------------ beyond the protocol
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_det_curve_is_the_roc_seen_from_its_errors(seed):
+    scores, labels = _random_pairs(seed)
+    far, frr, thr = fm.det_curve(scores, labels)
+    fpr, tpr, roc_thr = fm.roc_curve(scores, labels)
+    np.testing.assert_array_equal(far, fpr)
+    np.testing.assert_allclose(frr, 1 - tpr)
+    np.testing.assert_array_equal(thr, roc_thr)
+    # every point sklearn's DET curve keeps lies on ours
+    sk_far, sk_frr, _ = skm.det_curve(labels, scores)
+    ours = set(zip(np.round(far, 12), np.round(frr, 12)))
+    assert set(zip(np.round(sk_far, 12), np.round(sk_frr, 12))) <= ours
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_kfold_decisions_reproduce_the_fold_accuracies(seed):
+    scores, labels = _random_pairs(seed)
+    folds = np.arange(len(scores)) % 5
+    decisions = fm.kfold_decisions(scores, labels, folds)
+    acc, _ = fm.kfold_accuracy(scores, labels, folds)
+    per_fold = [np.mean(decisions[folds == k] == (labels[folds == k] == 1)) for k in range(5)]
+    np.testing.assert_allclose(per_fold, acc)
+
+
+@pytest.mark.parametrize("b, c", [(0, 0), (3, 0), (5, 5), (7, 2), (40, 25), (300, 251)])
+def test_mcnemar_exact_pvalue_matches_scipy_binomtest(b, c):
+    from scipy.stats import binomtest
+
+    # a hand-built 2×2 table: 10 both right, b only A, c only B, 4 neither
+    a = np.r_[np.ones(10), np.ones(b), np.zeros(c), np.zeros(4)].astype(bool)
+    bb = np.r_[np.ones(10), np.zeros(b), np.ones(c), np.zeros(4)].astype(bool)
+    r = fm.mcnemar_test(a, bb)
+    assert (r["both"], r["a_only"], r["b_only"], r["neither"]) == (10, b, c, 4)
+    assert r["statistic"] == min(b, c)
+    expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
+    assert r["pvalue"] == pytest.approx(expected, rel=1e-9)
+    assert r["accuracy_a"] == pytest.approx((10 + b) / (14 + b + c))
+
+
+def test_mcnemar_hand_worked_table():
+    # b=1, c=6: p = 2 * (C(7,0) + C(7,1)) / 2^7 = 16/128
+    r = fm.mcnemar_test([1] * 1 + [0] * 6, [0] * 1 + [1] * 6)
+    assert r["pvalue"] == 0.125
+
+
+def test_mcnemar_errors_name_the_argument():
+    with pytest.raises(ValueError, match="correct_b must be 0/1"):
+        fm.mcnemar_test([1, 0], [1, 2])
+    with pytest.raises(ValueError, match="equal lengths"):
+        fm.mcnemar_test([1, 0], [1])
+
+
+def test_bootstrap_ci_constant_statistic_has_zero_width():
+    r = fm.bootstrap_ci([1, 1, 0, 0], [1, 1, 0, 0], statistic="decision_accuracy", n_resamples=50)
+    assert r["estimate"] == r["low"] == r["high"] == 1.0
+
+
+def test_bootstrap_ci_of_a_mean_matches_scipy_percentile_bootstrap():
+    from scipy.stats import bootstrap
+
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 600)
+    decisions = np.where(rng.random(600) < 0.8, labels, 1 - labels)
+    r = fm.bootstrap_ci(decisions, labels, statistic="decision_accuracy", n_resamples=2000, seed=3)
+    ref = bootstrap(((decisions == labels).astype(float),), np.mean, n_resamples=2000, method="percentile",
+                    rng=np.random.default_rng(3)).confidence_interval
+    # stratifying by label narrows the interval a little; both are about ±1.96·sqrt(p(1-p)/n)
+    assert r["low"] == pytest.approx(ref.low, abs=0.01) and r["high"] == pytest.approx(ref.high, abs=0.01)
+    half = 1.96 * math.sqrt(r["estimate"] * (1 - r["estimate"]) / 600)
+    assert (r["high"] - r["low"]) / 2 == pytest.approx(half, rel=0.15)
+
+
+def test_bootstrap_ci_kfold_is_reproducible_and_keeps_fold_sizes():
+    scores, labels = _random_pairs(0, n=300)
+    folds = np.arange(300) % 10
+    seen = []
+
+    def spy(s, y, f):
+        seen.append((np.bincount(f, minlength=10).tolist(), int(y.sum())))
+        return float(np.mean(fm.kfold_accuracy(s, y, f)[0]))
+
+    a = fm.bootstrap_ci(scores, labels, folds, n_resamples=100, seed=7)
+    b = fm.bootstrap_ci(scores, labels, folds, n_resamples=100, seed=7)
+    assert a == b and a["low"] <= a["estimate"] <= a["high"]
+    assert a["estimate"] == pytest.approx(np.mean(fm.kfold_accuracy(scores, labels, folds)[0]))
+    fm.bootstrap_ci(scores, labels, folds, statistic=spy, n_resamples=20)
+    assert {s for s in map(str, seen)} == {str(([30] * 10, int(labels.sum())))}
+    narrow = fm.bootstrap_ci(scores, labels, folds, n_resamples=100, seed=7, level=0.5)
+    assert a["low"] <= narrow["low"] <= narrow["high"] <= a["high"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"statistic": "median"}, "statistic must be one of"),
+    ({"statistic": "kfold_accuracy", "folds": None}, "needs folds"),
+    ({"n_resamples": 0}, "n_resamples must be a positive integer"),
+    ({"level": 1.0}, "level must be in"),
+])
+def test_bootstrap_ci_errors(kwargs, match):
+    args = {"folds": [0, 1, 0, 1], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        fm.bootstrap_ci([0.1, 0.9, 0.2, 0.8], [0, 1, 0, 1], **args)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bootstrap_kfold_fast_path_equals_rerunning_the_protocol(seed):
+    # Few distinct scores: ties and thresholds that fall between resampled-away scores.
+    scores, labels = _random_pairs(seed, n=120, decimals=0 if seed % 2 else 1)
+    folds = np.arange(120) % 4
+
+    def protocol(s, y, f):
+        return float(np.mean(fm.kfold_accuracy(s, y, f)[0]))
+
+    fast = fm.bootstrap_ci(scores, labels, folds, n_resamples=60, seed=seed)
+    slow = fm.bootstrap_ci(scores, labels, folds, statistic=protocol, n_resamples=60, seed=seed)
+    assert (fast["low"], fast["high"], fast["estimate"]) == pytest.approx((slow["low"], slow["high"],
+                                                                           slow["estimate"]), abs=1e-12)
+
+
+def test_bootstrap_kfold_values_equal_per_resample():
+    scores, labels = _random_pairs(9, n=80, decimals=0)
+    labels = labels == 1
+    folds = np.arange(80) % 5
+    idx = np.random.default_rng(0).integers(0, 80, (40, 80))
+    fast = fm._kfold_mean_resampled(scores.astype(float), labels, folds, idx)
+    slow = [np.mean(fm.kfold_accuracy(scores[i], labels[i], folds[i])[0]) if len(np.unique(folds[i])) > 1
+            else np.nan for i in idx]
+    np.testing.assert_allclose(fast, slow, atol=1e-12)
+
+
+def test_bootstrap_kfold_speed():
+    scores, labels = _random_pairs(0, n=6000, decimals=3)
+    t0 = time.perf_counter()
+    fm.bootstrap_ci(scores, labels, np.arange(6000) % 10, n_resamples=1000)
+    assert time.perf_counter() - t0 < 10  # the LFW size: 1000 resamples of 6000 pairs
