@@ -139,7 +139,7 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
                 datasets[where] = load_dataset(p["dataset"], where[1])
             run = open_run(p["model"], datasets[where], limit=p.get("limit"), out=p.get("out"),
                            settings=p.get("settings"))
-            rows.append({**row, **_complete_row(run)})
+            rows.append({**_complete_row(run), **row})  # the cell's label, not the run's model name
     return pd.DataFrame(rows)
 
 
@@ -158,7 +158,8 @@ def results_from_runs(runs: list[Run]) -> pd.DataFrame:
     for run in runs:
         family = model_family(run.model)
         rows.append({"cell": f"{model_slug(run.model)}__{run.dataset.name}", "model": run.model,
-                     "base_model": run.model, "variant": False, "dataset": run.dataset.name, "family": family, "kind": "MLLM" if "MLLM" in family else "FR",
+                     "base_model": run.model, "variant": False, "dataset": run.dataset.name, "family": family,
+                     "kind": "MLLM" if "MLLM" in family else "FR",
                      **_complete_row(run)})
     return pd.DataFrame(rows)
 
@@ -207,7 +208,7 @@ def dataset_table(results: pd.DataFrame) -> pd.DataFrame:
     cols = {"n_pairs": "Pairs", "n_genuine": "Genuine", "n_impostor": "Impostor"}
     if done.empty:
         return pd.DataFrame({"": ["no dataset has been run"]})
-    t = done.groupby("dataset")[list(cols)].max().rename(columns=cols)
+    t = done.groupby("dataset")[list(cols)].max().astype(int).rename(columns=cols)
     t["Folds"] = done.groupby("dataset")["fold_accuracies"].apply(lambda s: max(len(v) for v in s))
     return t.rename_axis("Dataset")
 
@@ -244,7 +245,8 @@ def status_table(results: pd.DataFrame) -> pd.DataFrame:
     """Which grid cells ran, failed or were not run, with the pairs done and any error."""
     cols = {"cell": "Cell", "status": "Status", "n_pairs": "Pairs scored", "n_errors": "Pair errors", "error": "Error"}
     cols = {k: v for k, v in cols.items() if k in results}
-    return results[list(cols)].astype(object).fillna("").rename(columns=cols).set_index("Cell")
+    counts = {c: results[c].astype("Int64") for c in ("n_pairs", "n_errors") if c in results}  # NaN where not run
+    return results.assign(**counts)[list(cols)].astype(object).fillna("").rename(columns=cols).set_index("Cell")
 
 
 def glue_results(results: pd.DataFrame) -> None:

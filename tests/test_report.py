@@ -221,3 +221,15 @@ def test_the_books_published_numbers_file_is_valid_and_cited():
     known = set(yaml.safe_load((ROOT / "facebench" / "models.yaml").read_text())["models"])
     assert all(e["model"] is None or e["model"] in known for e in entries)
     assert all(e["source"].get("where") for e in entries)  # where in the source each number stands
+
+
+def test_variant_cells_keep_their_labels_in_the_tables(demo_project):
+    from facebench.report import collect, tar_at_far_table
+
+    project, _ = demo_project
+    results = collect(project / "grids" / "demo.yaml")
+    done = results[results["status"] == "complete"].set_index("cell")
+    assert done.loc["negative-control-fr__demo", "model"] == "negative-control-fr"
+    assert done.loc["negative-control-fr__demo", "base_model"] == "negative-control"
+    models = tar_at_far_table(results).index.get_level_values("Model")
+    assert "negative-control-zh" in models and models.is_unique

@@ -41,7 +41,7 @@ from PIL import Image
 
 from facebench.align import centre_crop, check_landmarks, warp_to_template
 from facebench.models import BACKENDS, EmbeddingVerifier
-from facebench.paths import models_root
+from facebench.paths import PROJECT_ROOT, models_root
 
 # insightface model_zoo/arcface_onnx.py: blobFromImages(img, 1/127.5, size, (127.5,)*3, swapRB=True)
 # on a BGR image, i.e. RGB input scaled to [-1, 1].
@@ -94,7 +94,10 @@ def file_problem(model: str, expected_sha256: str | None = None) -> str | None:
         origin = f" (from {found[1]['obtain']}; licence: {found[1]['licence']})" if found else ""
         relative = not Path(model).expanduser().is_absolute()
         hint = " (or set FACEBENCH_MODELS to the folder holding it)" if relative else ""
-        return f"place {path.name}{origin} under {path.parent}/{hint} — see facebench/models.yaml"
+        folder = path.parent
+        if folder.is_relative_to(PROJECT_ROOT):  # the book shows this: no machine paths in it
+            folder = folder.relative_to(PROJECT_ROOT)
+        return f"place {path.name}{origin} under {folder}/{hint} — see facebench/models.yaml"
     if expected_sha256:
         actual = file_sha256(path)
         if actual != expected_sha256.lower():
