@@ -108,6 +108,27 @@ def strip_thinking(text: str) -> str | None:
     return text
 
 
+def answer_start(prefixes: list[str]) -> int | None:
+    """The index of the generated token that starts the answer, after a leading
+    ``<think>…</think>`` block and blanks; None when the tokens hold no answer.
+
+    ``prefixes[k]`` is the text of the first ``k + 1`` generated tokens (decoded
+    together, so multi-byte characters split over tokens come out whole).
+
+    >>> answer_start(["<think>", "<think>x</think>", "<think>x</think>\\n", "<think>x</think>\\nNo"])
+    3
+    >>> answer_start([" ", "  "]) is None
+    True
+    """
+    before = ""
+    for k, after in enumerate(prefixes):
+        body_before, body_after = strip_thinking(before), strip_thinking(after)
+        if body_before is not None and not body_before.strip() and body_after is not None and body_after.strip():
+            return k
+        before = after
+    return None
+
+
 def _starts_with(body: str, word: str) -> bool:
     if not body[:len(word)].casefold() == word.casefold():
         return False

@@ -31,7 +31,7 @@ from PIL import Image
 
 from facebench.models import BACKENDS, PairVerifier
 from facebench.paths import PROJECT_ROOT
-from facebench.prompts import DEFAULT_PROMPT, Prompt, load_prompt, strip_thinking
+from facebench.prompts import DEFAULT_PROMPT, Prompt, answer_start, load_prompt, strip_thinking
 
 TINY_PREFIX = "tiny:"  # "tiny:<family>": a random-weight model built on first use (negative control, tests)
 
@@ -321,7 +321,7 @@ class HFVisionLanguage(PairVerifier):
         answer = self.prompt.parse(text)
         if self.prompt.kind == "number":
             return {"score": answer.value, "decision": answer.decision, "answer": text, "answer_step": None}
-        step = _answer_step(tokenizer, ids)
+        step = answer_start([tokenizer.decode(ids[:k + 1], skip_special_tokens=False) for k in range(len(ids))])
         if step is None and strip_thinking(text) is not None:
             step = 0  # only blanks came out: the first position is still where the answer belongs
         score = math.nan
@@ -330,19 +330,6 @@ class HFVisionLanguage(PairVerifier):
             yes, no = self.answer_ids
             score = float(logp[yes].logsumexp(0) - logp[no].logsumexp(0))
         return {"score": score, "decision": answer.decision, "answer": text, "answer_step": step}
-
-
-def _answer_step(tokenizer, ids: list[int]) -> int | None:
-    """The first generated step whose token starts the answer text (after a think
-    block and blanks); None when the continuation holds no answer."""
-    for k in range(len(ids)):
-        before = strip_thinking(tokenizer.decode(ids[:k], skip_special_tokens=False))
-        if before is None or before.strip():
-            continue
-        after = strip_thinking(tokenizer.decode(ids[:k + 1], skip_special_tokens=False))
-        if after is not None and after.strip():
-            return k
-    return None
 
 
 def _row(ab: dict, ba: dict | None = None) -> dict:

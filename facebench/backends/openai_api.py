@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import io
+import itertools
 import json
 import math
 import os
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from PIL import Image
 
 from facebench.models import BACKENDS, PairVerifier
-from facebench.prompts import DEFAULT_PROMPT, Prompt, load_prompt, strip_thinking
+from facebench.prompts import DEFAULT_PROMPT, Prompt, answer_start, load_prompt
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -72,24 +73,19 @@ def logprob_score(content: list[dict], prompt: Prompt) -> tuple[float, int | Non
     >>> round(logprob_score(content, load_prompt("paper-yesno"))[0], 4)
     2.32
     """
-    text = ""
-    for i, entry in enumerate(content):
-        before = strip_thinking(text)
-        text += entry.get("token", "")
-        after = strip_thinking(text)
-        if before is None or before.strip() or after is None or not after.strip():
-            continue
-        top = entry.get("top_logprobs") or [{"token": entry.get("token", ""), "logprob": entry.get("logprob")}]
-        listed = [t["logprob"] for t in top if t.get("logprob") is not None]
-        if not listed:
-            return math.nan, i
-        yes = [t["logprob"] for t in top if _is_word(t.get("token", ""), prompt.yes)]
-        no = [t["logprob"] for t in top if _is_word(t.get("token", ""), prompt.no)]
-        if not yes and not no:
-            return math.nan, i
-        floor = min(listed)  # an absent side is at most as likely as the least likely listed token
-        return _logsumexp(yes or [floor]) - _logsumexp(no or [floor]), i
-    return math.nan, None
+    prefixes = list(itertools.accumulate(entry.get("token", "") for entry in content))
+    i = answer_start(prefixes)
+    if i is None:
+        return math.nan, None
+    entry = content[i]
+    top = entry.get("top_logprobs") or [{"token": entry.get("token", ""), "logprob": entry.get("logprob")}]
+    listed = [t["logprob"] for t in top if t.get("logprob") is not None]
+    yes = [t["logprob"] for t in top if _is_word(t.get("token", ""), prompt.yes)]
+    no = [t["logprob"] for t in top if _is_word(t.get("token", ""), prompt.no)]
+    if not listed or (not yes and not no):
+        return math.nan, i
+    floor = min(listed)  # an absent side is at most as likely as the least likely listed token
+    return _logsumexp(yes or [floor]) - _logsumexp(no or [floor]), i
 
 
 def _is_word(token: str, words) -> bool:
