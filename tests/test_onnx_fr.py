@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -20,7 +19,6 @@ from facebench.align import ARCFACE_TEMPLATE, centre_crop, warp_to_template
 from facebench.backends.onnx_fr import OnnxFaceRecognizer, file_problem, graph_preprocessing, to_tensor
 from facebench.datasets import Dataset, ImageSource
 from facebench.paths import DEMO_DIR
-from facebench.store import RunStore
 
 from conftest import ROOT, copy_book_sources
 
@@ -244,7 +242,7 @@ def test_registry_entry_without_its_file_is_not_available_in_the_grid(tmp_path, 
     from facebench.report import collect
 
     why = unavailable_reason("arcface-r50")
-    assert why.startswith(f"place w600k_r50.onnx (from insightface's buffalo_l pack")
+    assert why.startswith("place w600k_r50.onnx (from insightface's buffalo_l pack")
     assert "non-commercial research" in why and f"under {models_dir}/" in why
     project = copy_book_sources(tmp_path)
     doc = yaml.safe_load((ROOT / "grids" / "demo.yaml").read_text())

@@ -2,7 +2,6 @@
 import json
 import math
 import multiprocessing
-import os
 import sqlite3
 import threading
 import time
