@@ -120,11 +120,7 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
     for cell in grid["cells"]:
         p = cell["parameters"]
         state = notebook_state(grid["output_dir"] / f"{cell['name']}.ipynb")
-        family = model_family(p["model"])
-        # "model" is the cell's label (unique per dataset); "base_model" the registry model it runs,
-        # and "variant" marks a model run under overridden settings (another prompt, both orders).
-        row = {"cell": cell["name"], "model": cell["label"], "base_model": p["model"], "variant": bool(p.get("settings")),
-               "dataset": p["dataset"], "family": family, "kind": "MLLM" if "MLLM" in family else "FR"}
+        row = _cell_row(cell["name"], cell["label"], p["model"], p["dataset"], variant=bool(p.get("settings")))
         entry = recorded.get(cell["name"], {})
         if entry.get("status") == "not available":
             rows.append({**row, "status": "not available", "error": entry.get("error")})
@@ -143,6 +139,14 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _cell_row(cell: str, label: str, model: str, dataset: str, *, variant: bool) -> dict:
+    # "model" is the cell's label (unique per dataset); "base_model" the registry model it runs,
+    # and "variant" marks a model run under overridden settings (another prompt, both orders).
+    family = model_family(model)
+    return {"cell": cell, "model": label, "base_model": model, "variant": variant, "dataset": dataset,
+            "family": family, "kind": "MLLM" if "MLLM" in family else "FR"}
+
+
 def _complete_row(run: Run) -> dict:
     manifest = run.manifest
     return {"status": "complete", **run.metrics(), "groups": group_accuracies(run),
@@ -154,13 +158,8 @@ def results_from_runs(runs: list[Run]) -> pd.DataFrame:
     (e.g. two runs to compare in a notebook): every function below takes either."""
     from facebench.store import model_slug
 
-    rows = []
-    for run in runs:
-        family = model_family(run.model)
-        rows.append({"cell": f"{model_slug(run.model)}__{run.dataset.name}", "model": run.model,
-                     "base_model": run.model, "variant": False, "dataset": run.dataset.name, "family": family,
-                     "kind": "MLLM" if "MLLM" in family else "FR",
-                     **_complete_row(run)})
+    rows = [{**_complete_row(run), **_cell_row(f"{model_slug(run.model)}__{run.dataset.name}", run.model, run.model,
+                                               run.dataset.name, variant=False)} for run in runs]
     return pd.DataFrame(rows)
 
 
