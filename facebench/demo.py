@@ -5,7 +5,6 @@ The crops are committed, so a checkout needs no source photos to run the demo;
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import yaml
 from PIL import Image
 
 from facebench.align import CROP_SIZE, warp_to_template
+from facebench.files import file_sha256
 from facebench.paths import DEMO_DIR, MANIFESTS_DIR, PROJECT_ROOT
 
 RECIPE = MANIFESTS_DIR / "demo_recipe.yaml"
@@ -24,10 +24,6 @@ PROVENANCE_HEADER = """\
 # Every image is an aligned 112x112 crop of a real photo; `sha256` is the crop's,
 # `source_sha256` the original file's as shipped in its package.
 """
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _crop(face: dict, source: Path) -> tuple[Image.Image, str]:
@@ -81,9 +77,9 @@ def build(source_dir: Path | None = None, *, out_dir: Path = DEMO_DIR, manifest:
         images.append({
             "id": face["id"], "file": target.name, "identity": face["identity"],
             "source_package": face["source_package"], "source_path": face["source_path"],
-            "source_file": face["file"], "source_sha256": sha256_file(source),
+            "source_file": face["file"], "source_sha256": file_sha256(source),
             **({"region": face["region"]} if "region" in face else {}),
-            "alignment": how, "sha256": sha256_file(target),
+            "alignment": how, "sha256": file_sha256(target),
         })
     pairs = make_pairs({im["id"]: im["identity"] for im in images}, n_folds=recipe["n_folds"],
                        n_impostor=recipe["n_impostor_pairs"], seed=recipe["seed"])
@@ -104,4 +100,4 @@ def is_built(manifest: Path = MANIFEST, out_dir: Path = DEMO_DIR) -> bool:
     if not manifest.is_file():
         return False
     images = yaml.safe_load(manifest.read_text())["images"]
-    return all((out_dir / im["file"]).is_file() and sha256_file(out_dir / im["file"]) == im["sha256"] for im in images)
+    return all((out_dir / im["file"]).is_file() and file_sha256(out_dir / im["file"]) == im["sha256"] for im in images)

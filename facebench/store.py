@@ -22,13 +22,13 @@ import math
 import os
 import re
 import sqlite3
-import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
 
+from facebench.files import write_json_atomic
 from facebench.provenance import canonical_hash
 
 ROW_COLUMNS = ["pair_id", "score", "decision", "raw_output", "seconds", "error"]
@@ -54,22 +54,6 @@ SHARD_NAME = re.compile(r"(\d+)-of-(\d+)")
 def model_slug(spec: str) -> str:
     """A folder name for a model spec: ``hf:Qwen/Qwen2-VL-2B`` → ``hf-Qwen--Qwen2-VL-2B``."""
     return re.sub(r"[^A-Za-z0-9._-]+", "-", spec.replace("/", "--").replace(":", "-")).strip("-")
-
-
-def write_json_atomic(path: Path, doc: dict) -> None:
-    """Write ``doc`` so that readers see the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is for every reader of the results
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f, indent=2, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class RunStore:

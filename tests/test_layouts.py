@@ -13,7 +13,8 @@ import yaml
 from PIL import Image
 
 import layout_fixtures as fx
-from facebench.datasets import LOADERS, DatasetError, check_dataset, load_dataset
+from facebench.datasets import LOADERS, DatasetError, load_dataset
+from facebench.integrity import check_dataset
 from facebench.layouts import agedb, calfw, cfp, insightface_bin, lfw
 from facebench.paths import MANIFESTS_DIR
 

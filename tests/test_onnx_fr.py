@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 from onnx import TensorProto, checker, helper, save
 from PIL import Image
 
@@ -18,9 +17,10 @@ from facebench import models
 from facebench.align import ARCFACE_TEMPLATE, centre_crop, warp_to_template
 from facebench.backends.onnx_fr import OnnxFaceRecognizer, file_problem, graph_preprocessing, to_tensor
 from facebench.datasets import Dataset, ImageSource
+from facebench.files import file_sha256
 from facebench.paths import DEMO_DIR
 
-from conftest import ROOT, copy_book_sources
+from conftest import ROOT, copy_book_sources, write_grid
 
 SIZE = 112
 
@@ -245,10 +245,7 @@ def test_registry_entry_without_its_file_is_not_available_in_the_grid(tmp_path, 
     assert why.startswith("place w600k_r50.onnx (from insightface's buffalo_l pack")
     assert "non-commercial research" in why and f"under {models_dir}/" in why
     project = copy_book_sources(tmp_path)
-    doc = yaml.safe_load((ROOT / "grids" / "demo.yaml").read_text())
-    doc.update(models=["arcface-r50", "sface"], summaries=[])
-    grid = project / "grids" / "fr.yaml"
-    grid.write_text(yaml.safe_dump(doc))
+    grid = write_grid(project / "grids" / "fr.yaml", models=["arcface-r50", "sface"], summaries=[])
     status = run_grid(grid, log=lambda *_: None)
     assert [c["status"] for c in status["cells"]] == ["not available", "not available"]
     assert "face_recognition_sface_2021dec.onnx" in status["cells"][1]["error"]
@@ -285,14 +282,11 @@ def test_bare_file_identity_follows_its_content(tmp_path, graph):
 
 
 def test_running_a_registered_file_bare_warns(graph, monkeypatch):
-    from facebench.backends import onnx_fr
-
-    entries = {"fake": {"backend": "onnx", "settings": {"model": "x.onnx",
-                                                          "sha256": onnx_fr.file_sha256(graph)}}}
+    entries = {"fake": {"backend": "onnx", "settings": {"model": "x.onnx", "sha256": file_sha256(graph)}}}
     monkeypatch.setattr(models, "registry_entries", lambda: entries)
     with pytest.warns(UserWarning, match="registry model 'fake'"):
         OnnxFaceRecognizer(model=str(graph))
-    assert file_problem(str(graph), onnx_fr.file_sha256(graph)) is None
+    assert file_problem(str(graph), file_sha256(graph)) is None
 
 
 # ------------------------------------------------------------------ scoring

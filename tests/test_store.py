@@ -1,5 +1,4 @@
-"""The per-run results store: SQLite rows, atomic JSON, folder names, two writers at once."""
-import json
+"""The per-run results store: SQLite rows, manifests, folder names, two writers at once."""
 import math
 import multiprocessing
 import sqlite3
@@ -12,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facebench.store import ROW_COLUMNS, RunStore, model_slug, write_json_atomic
+from facebench.store import ROW_COLUMNS, RunStore, model_slug
 
 
 def raw_rows(store: RunStore) -> list[tuple]:
@@ -134,28 +133,6 @@ def test_manifest_round_trip(tmp_path):
     store.write_manifest({"model": "other"})
     assert store.read_manifest() == {"model": "other"}
     assert sorted(p.name for p in store.dir.iterdir()) == ["manifest.json"]
-
-
-# ------------------------------------------------------------------ write_json_atomic
-
-
-def test_write_json_atomic_writes_replaces_and_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "deep" / "er" / "doc.json"
-    write_json_atomic(path, {"x": 1, "path": Path("/a/b"), "nan": float("nan")})
-    assert json.loads(path.read_text(), parse_constant=lambda c: c) == {"x": 1, "path": "/a/b", "nan": "NaN"}
-    for i in range(20):
-        write_json_atomic(path, {"i": i})
-    assert json.loads(path.read_text()) == {"i": 19}
-    assert [p.name for p in path.parent.iterdir()] == ["doc.json"]
-
-
-def test_write_json_atomic_failure_keeps_old_file_and_leaves_no_temp_files(tmp_path):
-    path = tmp_path / "doc.json"
-    write_json_atomic(path, {"ok": True})
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {1: "a", "b": 2})  # mixed key types cannot be sorted
-    assert json.loads(path.read_text()) == {"ok": True}
-    assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]
 
 
 # ------------------------------------------------------------------ folder names

@@ -31,7 +31,6 @@ Settings override each of these.
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 from functools import cached_property
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from facebench.align import centre_crop, check_landmarks, warp_to_template
+from facebench.files import file_sha256
 from facebench.models import BACKENDS, EmbeddingVerifier
 from facebench.paths import PROJECT_ROOT, models_root
 
@@ -60,16 +60,12 @@ def model_path(model: str | Path) -> Path:
     return under_root if under_root.exists() or not path.exists() else path.resolve()
 
 
-def file_sha256(path: Path) -> str:
+def _cached_sha256(path: Path) -> str:
     """sha256 of a file, computed once per process for an unchanged file."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _HASHES:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _HASHES[key] = h.hexdigest()
+        _HASHES[key] = file_sha256(path)
     return _HASHES[key]
 
 
@@ -99,7 +95,7 @@ def file_problem(model: str, expected_sha256: str | None = None) -> str | None:
             folder = folder.relative_to(PROJECT_ROOT)
         return f"place {path.name}{origin} under {folder}/{hint} — see facebench/models.yaml"
     if expected_sha256:
-        actual = file_sha256(path)
+        actual = _cached_sha256(path)
         if actual != expected_sha256.lower():
             return (f"{path} has sha256 {actual}, not the {expected_sha256} this model pins: it is another "
                     "file, and its scores would be labelled as the wrong model. Put the published file there, "
@@ -202,7 +198,7 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
         if layout not in (None, "nchw", "nhwc"):
             raise ValueError(f"model {model!r}: setting layout must be 'nchw' or 'nhwc', got {layout!r}")
         self.path = model_path(model)
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = _cached_sha256(self.path)
         graph = graph_preprocessing(self.path, layout=layout)
         if input_size is not None:
             graph["input_size"] = [int(input_size)] * 2 if np.ndim(input_size) == 0 else [int(s) for s in input_size]
@@ -249,7 +245,7 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
         if settings.get("sha256") or not settings.get("model"):
             return {}
         path = model_path(settings["model"])
-        return {"model_sha256": file_sha256(path)} if path.is_file() else {}
+        return {"model_sha256": _cached_sha256(path)} if path.is_file() else {}
 
     @cached_property
     def _session(self):

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from facebench.datasets import Dataset, DatasetError, ImageSource, manifest
+from facebench.files import file_sha256
 
 N_FOLDS = 10  # every protocol here is 10-fold
 
@@ -101,7 +102,7 @@ def protocol_checksum(location: Path, files: list[str], layout: Layout) -> str:
     the image folder in use change (image bytes are covered by ``data check --pin``)."""
     h = hashlib.sha256(f"layout: {layout.name}\n".encode())
     for rel in files:
-        h.update(f"{rel}:{hashlib.sha256((location / rel).read_bytes()).hexdigest()}\n".encode())
+        h.update(f"{rel}:{file_sha256(location / rel)}\n".encode())
     return h.hexdigest()
 
 

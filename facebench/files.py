@@ -1,0 +1,97 @@
+"""Files on disk: the sha256 of a file, and JSON written atomically.
+
+Every checksum facebench takes of a file (data pins, published list files,
+model weights, the demo's crops) and every JSON document it writes for others
+to read (run manifests, lock files, grid status) goes through here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+CHUNK_SIZE = 1 << 20  # 1 MiB: a file is hashed in pieces, never read whole into memory
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path : path
+        The file to hash.
+
+    Returns
+    -------
+    str
+        The hex digest, 64 characters.
+
+    Raises
+    ------
+    OSError
+        Where the file is missing or cannot be read.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "hello.txt"
+    ...     _ = path.write_bytes(b"hello")
+    ...     file_sha256(path)
+    '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824'
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, doc: dict) -> None:
+    """Write ``doc`` so that readers see the old file or the new one, never half.
+
+    The JSON (indented, keys sorted, other objects as ``str``) goes to a
+    temporary file in the same folder, readable by all (0644), flushed to disk,
+    then renamed over ``path``; a failure removes the temporary file and leaves
+    ``path`` as it was.
+
+    Parameters
+    ----------
+    path : Path
+        Where the document goes; missing parent folders are created.
+    doc : dict
+        The document.
+
+    Raises
+    ------
+    TypeError
+        Where ``doc`` cannot be written as JSON (e.g. keys of mixed types).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "runs" / "manifest.json"
+    ...     write_json_atomic(path, {"model": "dlib", "where": Path("/data")})
+    ...     print(path.read_text())
+    ...     sorted(p.name for p in path.parent.iterdir())
+    {
+      "model": "dlib",
+      "where": "/data"
+    }
+    ['manifest.json']
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; a manifest is for every reader of the results
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
