@@ -1,5 +1,5 @@
-# `make book` sets everything up and builds the report; `make test` runs the tests;
-# `make lab` opens the analysis notebooks in JupyterLab.
+# `make book` sets everything up and builds the demo study's report (GRID=FILE: another study);
+# `make test` runs the tests; `make lab` opens the analysis notebooks in JupyterLab.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -25,9 +25,9 @@ demo: $(STAMP)
 grid: demo
 	$(BIN)/facebench grid $(GRID)
 
+# Any grid builds its own book: `make book GRID=grids/full.yaml` (into the folder its `book:` names).
 book: grid
-	$(BIN)/jupyter-book build . -n -W --keep-going
-	@echo "open _build/html/index.html"
+	$(BIN)/facebench book $(GRID)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -50,4 +50,4 @@ mathjax:
 	cp -r _build/mathjax/package/es5/output/chtml/fonts/woff-v2 book/_static/mathjax/output/chtml/fonts/
 
 clean:
-	rm -rf _build book/runs book/*.ipynb
+	rm -rf _build book/runs book/*.ipynb studies

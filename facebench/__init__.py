@@ -12,8 +12,8 @@ __version__ = "0.1.0"
 
 _API = {
     "evaluate": "facebench.scoring", "open_run": "facebench.scoring", "get_scorer": "facebench.scoring",
-    "load_dataset": "facebench.datasets", "check_dataset": "facebench.datasets",
-    "verification_report": "facebench.metrics",
+    "load_dataset": "facebench.datasets", "check_dataset": "facebench.integrity",
+    "import_results": "facebench.importing", "verification_report": "facebench.metrics",
 }
 __all__ = sorted(_API)
 

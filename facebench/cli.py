@@ -71,7 +71,7 @@ def cmd_models(args) -> int:
 
 
 def cmd_data_check(args) -> int:
-    from facebench.datasets import check_dataset
+    from facebench.integrity import check_dataset
 
     report = check_dataset(args.dataset, args.root, pin=args.pin)
     for key, value in report["facts"].items():
@@ -111,6 +111,21 @@ def cmd_evaluate(args) -> int:
               "is done, `facebench merge` with the same options folds them into the run")
     if merging:
         print(f"  merged shards    {', '.join(run.manifest.get('sharded', {})) or 'none'} ({run.manifest['status']})")
+    if args.json:
+        print(_json_line(m))
+    return 0
+
+
+def cmd_import(args) -> int:
+    from facebench.importing import import_results
+
+    run = import_results(args.file, model=args.model, dataset=args.dataset, root=args.root, out=args.out,
+                         settings=dict(args.set or []) or None)
+    m = run.metrics()
+    imported = run.manifest["imported"]
+    print_metrics(m)
+    print(f"  results          {run.store.dir}")
+    print(f"  imported         {imported['rows']} rows from {imported['file']} (sha256 {imported['sha256']})")
     if args.json:
         print(_json_line(m))
     return 0
@@ -182,8 +197,21 @@ def cmd_grid(args) -> int:
         if value is not None and args.executor != "ray":
             raise ValueError(f"{option} {value} needs --executor ray")
     status = run_grid(args.grid, force=args.force, executor=args.executor, address=args.address, shards=args.shards)
-    failed = [c for c in status["cells"] if c["status"] == "failed"]
-    return 1 if failed and args.strict else 0
+    counts: dict[str, int] = {}
+    for c in status["cells"]:
+        counts[c["status"]] = counts.get(c["status"], 0) + 1
+    print(f"{len(status['cells'])} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()))
+    for page, error in status.get("failed_summaries", {}).items():
+        print(f"summary {page} failed: {error}", file=sys.stderr)
+    # A failed summary leaves the book without its numbers: never a success.
+    return 1 if status.get("failed_summaries") or (counts.get("failed") and args.strict) else 0
+
+
+def cmd_book(args) -> int:
+    from facebench.grid import build_book
+
+    print(f"open {build_book(args.grid)}")
+    return 0
 
 
 def cmd_demo_build(args) -> int:
@@ -250,6 +278,20 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
     s.set_defaults(func=cmd_evaluate, batch_size=16, shard=None)
 
+    s = sub.add_parser("import", help="store per-pair results made elsewhere (CSV or JSON Lines, e.g. vLLM outputs) "
+                                      "as a run and print the metrics", epilog=EPILOG)
+    s.add_argument("file", metavar="FILE", help=".csv or .jsonl: pair_id (or image_a, image_b), score[, decision]"
+                                                "[, raw_output], one row per pair of the dataset")
+    s.add_argument("--model", required=True, help="the model that made them: registry name or backend:argument "
+                                                  "(its weights need not be here)")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", **root)
+    s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/ in the checkout)")
+    s.add_argument("--set", action="append", type=_setting, metavar="KEY=VALUE",
+                   help="a model setting the results were made with, e.g. --set prompt=fr-ouinon")
+    s.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
+    s.set_defaults(func=cmd_import)
+
     s = sub.add_parser("prompts", help="the prompt templates MLLMs are asked with (facebench/prompts.yaml)")
     s.set_defaults(func=cmd_prompts)
 
@@ -265,9 +307,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_metrics)
 
-    s = sub.add_parser("grid", help="run a grid of (model, dataset) notebooks with papermill")
+    s = sub.add_parser("grid", help="score a grid of (model, dataset) cells, render their pages, summaries and "
+                                    "table of contents")
     s.add_argument("grid")
-    s.add_argument("--force", action="store_true", help="re-execute cells that are already complete")
+    s.add_argument("--force", action="store_true",
+                   help="render every page again, fresh or not (stored pairs are never scored twice)")
     s.add_argument("--strict", action="store_true", help="exit non-zero when a cell failed")
     s.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: cells one after another here; ray: cells (and shards) as tasks on a Ray cluster")
@@ -276,6 +320,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=None, metavar="N",
                    help="with --executor ray: split every cell into N tasks (overrides the grid file's shards)")
     s.set_defaults(func=cmd_grid)
+
+    s = sub.add_parser("book", help="build a grid's HTML book (jupyter-book build -n -W --keep-going) after "
+                                    "`facebench grid`")
+    s.add_argument("grid")
+    s.set_defaults(func=cmd_book)
 
     demo = sub.add_parser("demo", help="the bundled demo set").add_subparsers(dest="demo_command", required=True)
     s = demo.add_parser("build", help="cut the demo crops from ../shared/faces and write data_manifests/demo.yaml")

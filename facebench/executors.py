@@ -1,39 +1,33 @@
-"""Where the cells of a grid run: here, one after another, or as tasks on a Ray cluster.
+"""Where a grid's cells are scored: here, one after another, or as tasks on a Ray cluster.
 
-:func:`facebench.grid.run_grid` decides which cells run and records what
-happened to each; an executor only runs them, through two callbacks the grid
-hands it: ``render(job)`` executes the cell's notebook in this process and
-records the outcome, ``fail(job, error, traceback)`` records a cell that failed
-before its page could be made.
+:func:`facebench.grid.run_grid` decides which cells to score, then hands them
+to an executor's ``score(jobs, log=...)``, which returns the cells that failed
+(job index → (error, traceback text)). Both executors run the same
+:func:`score_task`; neither renders anything, so a cell's page is the same
+whichever scored it.
 
 ``local`` (:class:`LocalExecutor`)
-    Renders the cells one after another; the notebook's ``facebench.evaluate``
-    scores the pairs.
+    Scores the cells one after another in this process, with progress bars.
 ``ray`` (:class:`RayExecutor`)
-    Scores on a Ray cluster first: one task per (model, dataset) cell, or per
-    shard of it, asking for the CPUs and GPUs of the model's ``resources``
-    (:func:`task_resources`). Each task runs :func:`facebench.evaluate` on its
-    worker, which sends every finished batch of rows to a :class:`StoreServer`
-    actor on the driver's machine; the actor writes them into the driver's
-    results store. Workers need the datasets but no shared file system, and a
-    finished batch is never lost. When all of a cell's tasks are done, the
-    driver renders the same notebook as the local executor with
-    ``FACEBENCH_NO_SCORING=1``: it merges the shards, finds every pair stored
-    and only computes and draws, so the pages are the local executor's and no
-    model is loaded on the driver. A failed task is retried once (resuming from
-    the store), then its cell is recorded as failed, with a page that shows the
-    error. Ctrl-C cancels every outstanding task, and the grid records the
-    unfinished cells as interrupted.
+    One task per (model, dataset) cell, or per shard of it, asking for the
+    CPUs and GPUs of the model's ``resources`` (:func:`task_resources`). Each
+    task sends every finished batch of rows to a :class:`StoreServer` actor on
+    the driver's machine, which writes them into the driver's results store:
+    workers need the datasets but no shared file system, and a finished batch
+    is never lost. When a sharded cell's tasks are all done, the driver merges
+    its shards (scoring nothing). A failed task is retried once (resuming from
+    the store), then its cell counts as failed. Ctrl-C cancels every
+    outstanding task.
 
 Ray is imported only when a Ray session starts.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import tempfile
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,10 +60,9 @@ class Job:
 
 @EXECUTORS.register("local")
 class LocalExecutor:
-    """Each cell's notebook in this process, one after another; the notebook scores its pairs."""
+    """Each cell scored in this process, one after another."""
 
     name = "local"
-    render_env: dict[str, str] = {}
 
     def __init__(self, address: str | None = None, **_):
         if address:
@@ -82,15 +75,22 @@ class LocalExecutor:
     def unavailable(self, model: str) -> str | None:
         return None
 
-    def run(self, jobs: list[Job], *, render: Callable, fail: Callable, log: Callable) -> None:
+    def score(self, jobs: list[Job], *, log: Callable) -> dict[int, tuple[BaseException, str]]:
+        failures = {}
         for job in jobs:
             job.started = time.perf_counter()
-            render(job)
+            log(f"{job.label}: scoring")
+            try:
+                done = score_task(scoring_parameters(job.parameters, keep_out=True))
+                log(f"{job.label}: {done['pairs']} pairs stored ({done['seconds']} s)")
+            except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
+                failures[job.index] = (exc, traceback.format_exc())
+        return failures
 
 
 @EXECUTORS.register("ray")
 class RayExecutor:
-    """Cells scored as Ray tasks, pages rendered here (see the module docstring).
+    """Cells scored as Ray tasks (see the module docstring).
 
     Parameters
     ----------
@@ -112,7 +112,6 @@ class RayExecutor:
     """
 
     name = "ray"
-    render_env = {"FACEBENCH_NO_SCORING": "1"}
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, temp_dir=None,
                  log_to_driver: bool = True, task: Callable | None = None):
@@ -136,11 +135,11 @@ class RayExecutor:
         """Why no node of the cluster, as it was when the session began, can take a task of ``model``, or None."""
         return infeasible(self.resources(model), self._nodes)
 
-    def run(self, jobs: list[Job], *, render: Callable, fail: Callable, log: Callable) -> None:
+    def score(self, jobs: list[Job], *, log: Callable) -> dict[int, tuple[BaseException, str]]:
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from facebench.scoring import run_store
+        from facebench.scoring import evaluate, run_store
 
         # The writer sits on this machine, next to the results folder; with 0 CPUs it never holds back a task.
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
@@ -149,6 +148,7 @@ class RayExecutor:
         running: dict = {}  # ObjectRef → (job, shard, attempt, store folder)
         left: dict[int, int] = {}  # job index → tasks not finished
         errors: dict[int, tuple] = {}  # job index → (error, traceback) of its first task that failed for good
+        sharded: dict[int, Job] = {}
 
         def submit(job, shard, attempt, store_dir):
             res = self.resources(job.parameters["model"])
@@ -166,8 +166,10 @@ class RayExecutor:
                                               settings=p.get("settings")).dir)
                     res = self.resources(p["model"])
                 except Exception as exc:  # noqa: BLE001 - a bad cell fails alone, as with the local executor
-                    fail(job, exc, "")
+                    errors[job.index] = (exc, traceback.format_exc())
                     continue
+                if job.shards > 1:
+                    sharded[job.index] = job
                 shards = [None] if job.shards == 1 else [(k, job.shards) for k in range(job.shards)]
                 left[job.index] = len(shards)
                 for shard in shards:
@@ -191,11 +193,11 @@ class RayExecutor:
                         continue
                     errors.setdefault(job.index, (error, trace))
                 left[job.index] -= 1
-                if not left[job.index]:
-                    if job.index in errors:
-                        fail(job, *errors[job.index])
-                    else:
-                        render(job)
+                if not left[job.index] and job.index in sharded and job.index not in errors:
+                    try:  # the shards into the run, scoring nothing, so the run reads as one
+                        evaluate(**scoring_parameters(job.parameters, keep_out=True), score=False)
+                    except Exception as exc:  # noqa: BLE001
+                        errors[job.index] = (exc, traceback.format_exc())
         except KeyboardInterrupt:
             refs = list(running)
             log(f"interrupted: cancelling {len(refs)} Ray task(s); their finished batches are stored")
@@ -208,6 +210,7 @@ class RayExecutor:
             raise
         finally:
             ray.kill(server)
+        return errors
 
 
 def make_executor(name: str, **options):
@@ -326,30 +329,28 @@ def infeasible(res: dict, nodes: list[dict]) -> str | None:
             f"such node (its largest: {cpus:g} CPUs, {gpus:g} GPUs)")
 
 
-def scoring_parameters(parameters: dict) -> dict:
-    """The cell's notebook parameters that :func:`facebench.evaluate` takes, less ``out``.
+SCORING_KEYS = ("model", "dataset", "root", "limit", "batch_size", "settings", "out")
 
-    The template passes its parameters to ``evaluate`` under the same names; the
-    results folder is the driver's, reached through the :class:`StoreServer`.
+
+def scoring_parameters(parameters: dict, *, keep_out: bool = False) -> dict:
+    """A cell's parameters that :func:`facebench.evaluate` takes; ``out`` only with ``keep_out``
+    (a Ray task reaches the driver's results folder through the :class:`StoreServer`)."""
+    return {k: v for k, v in parameters.items() if k in SCORING_KEYS and (keep_out or k != "out")}
+
+
+def score_task(parameters: dict, shard: tuple[int, int] | None = None, store_dir: str | None = None,
+               server=None) -> dict:
+    """What scoring one cell (or one shard of it) runs, here or in a Ray task.
+
+    With ``server``, rows and manifests go through it into the store at
+    ``store_dir`` on the driver's machine, and no progress bar is drawn (it
+    would flood the driver's console); it resumes from what that store holds.
     """
-    from facebench.scoring import evaluate
-
-    takes = set(inspect.signature(evaluate).parameters) - {"out", "shard", "store", "score", "verifier"}
-    return {k: v for k, v in parameters.items() if k in takes}
-
-
-def score_task(parameters: dict, shard: tuple[int, int] | None, store_dir: str, server) -> dict:
-    """What one Ray task runs: :func:`facebench.evaluate` of a cell, or of one shard of it, on its worker.
-
-    Rows and manifests go through ``server`` into the store at ``store_dir`` on
-    the driver's machine; it resumes from what that store already holds.
-    """
-    os.environ["FACEBENCH_PROGRESS"] = "0"  # progress bars would flood the driver's console
-    os.environ.pop("FACEBENCH_NO_SCORING", None)  # scoring is this task's whole point
     from facebench.scoring import evaluate
 
     t0 = time.perf_counter()
-    run = evaluate(**parameters, shard=shard, store=RemoteStore(server, store_dir))
+    remote = RemoteStore(server, store_dir) if server is not None else None
+    run = evaluate(**parameters, shard=shard, store=remote, progress=server is None)
     return {"pairs": len(run.dataset.pairs), "seconds": round(time.perf_counter() - t0, 2)}
 
 

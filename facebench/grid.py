@@ -1,72 +1,148 @@
-"""Run a grid of (model, dataset) cells, each a papermill execution of one notebook.
+"""A study: a grid of (model, dataset) cells, scored, then rendered, then read, into a book of its own.
 
-A grid file (YAML) holds everything: the template notebook, where executed
-notebooks go, default parameters, the models, the datasets, and summary
-notebooks run afterwards. Executed notebooks are named ``<model>__<dataset>``.
-A cell whose notebook already ran without error with the same parameters is
-skipped unless ``force``; a failing cell is recorded and the others still run.
+A grid file (YAML) holds everything about a study:
 
-A model entry may carry a ``label`` (the cell's name instead of the model's:
-the same model under other settings, e.g. ``parameters: {settings: {prompt:
-fr-ouinon}}``, needs one) and ``datasets`` (run it on these of the grid's
-datasets only, e.g. an analysis on LFW).
+``name``
+    The study's name (default: the grid file's stem).
+``base``
+    The folder relative paths resolve against (default: the grid file's folder).
+``book``
+    The book's root folder, holding its ``_config.yml`` and ``_toc.yml`` (default
+    ``studies/<name>``). Run pages go to ``<book>/book/runs/<label>__<dataset>.ipynb``,
+    summaries to ``<book>/book/<notebook stem>.ipynb``. A book root other than
+    ``base`` gets copies of ``base``'s hand-written pages and configuration, so two
+    grids never share a page.
+``notebook``
+    The run-page template (a jupytext ``.md`` with a cell tagged ``parameters``).
+``results_dir``
+    Where runs are stored (default: the checkout's ``results/``).
+``parameters``
+    Defaults for every cell, one of :data:`CELL_KEYS`; an entry may override them.
+``models`` / ``datasets``
+    Names, or ``{model: NAME, label: NAME, parameters: {...}, shards: N, datasets: [...]}``
+    and ``{dataset: NAME, parameters: {...}, shards: N}``. A ``label`` names the
+    cell (the same model under other settings needs one); ``datasets`` limits a
+    model to some of the grid's datasets.
+``headline``
+    Optional ``{fr: LABEL, mllm: LABEL, control: LABEL, dataset: NAME}``: the cells
+    the book's introduction cites; by default the best face-recognition model and
+    the best MLLM of the first dataset, and the control (a registry model with
+    ``role: control``) where the grid has one.
+``summaries``
+    Notebooks rendered after the cells, each with ``grid`` as its parameter.
+``shards``
+    With Ray, split each cell's scoring into this many tasks (a model entry's
+    value wins over a dataset entry's, which wins over the grid's).
 
-Where cells run is the executor's business (:mod:`facebench.executors`): here,
-one after another (``local``), or as Ray tasks on a cluster (``ray``). With Ray
-a cell may be split into ``shards`` (:func:`facebench.scoring.shard_pairs`),
-each its own task: ``shards: N`` at the top of the grid file, or in a model's or
-a dataset's entry (``{model: NAME, shards: N}``); a model entry's value wins over
-a dataset entry's, which wins over the grid's; the default is 1. Shards leave
-the cells, their parameters and their pages as they are; the local executor
-scores each cell in one process and ignores them.
+Everything is checked before any cell runs: unknown keys, misspelt models,
+settings and datasets, and labels or names that are not plain file names.
+
+:func:`run_grid` works in three phases. **Score**: the executor
+(:mod:`facebench.executors`, local or Ray) scores every available cell with
+:func:`facebench.executors.score_task`, resuming from the store. **Render**:
+papermill executes the template for each cell that has no fresh page; the page
+only opens the stored run. A page is fresh when its parameters, the template's
+sha256, the code's identity and the run's last update all match the ones
+recorded in it. A cell whose model is not available, or whose scoring failed,
+gets a page that says so, the same from either executor. **Read**: the summaries
+read the stored runs of the grid, and the book's table of contents is written
+from the grid.
 """
 from __future__ import annotations
 
-import os
+import difflib
+import hashlib
+import json
+import re
 import tempfile
 import time
-import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
-from facebench.provenance import now
-from facebench.store import model_slug, write_json_atomic
+from facebench.files import file_sha256, write_json_atomic
+from facebench.provenance import canonical_hash, git_state, now
+from facebench.store import model_slug
 
 STATUS_FILE = "_grid_status.json"
+GRID_KEYS = ("version", "name", "base", "book", "notebook", "results_dir", "parameters", "shards", "headline",
+             "models", "datasets", "summaries")
+# What a grid may set for a cell; the grid adds model, dataset and out.
+CELL_KEYS = ("root", "limit", "batch_size", "settings")
+# Scoring settings that do not change what a page shows: they stay off the page's parameters.
+RUNTIME_KEYS = ("batch_size",)
+HEADLINE_ROLES = ("fr", "mllm", "control", "dataset")
+# The checkout's hand-written pages and configuration, copied into a book root of its own.
+BOOK_PAGES = ("intro", "protocol", "reproduce", "runs")
+BOOK_FILES = ("_config.yml", "references.bib")
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def load_grid(path) -> dict:
-    """Read a grid file; relative paths in it resolve against its ``base`` folder."""
+    """Read and check a grid file; relative paths in it resolve against its ``base`` folder.
+
+    Raises ``ValueError`` naming the file and the key, model, setting or
+    dataset that is wrong, before anything runs.
+    """
+    from facebench.paths import DEFAULT_RESULTS_DIR
+
     path = Path(path)
     doc = yaml.safe_load(path.read_text())
-    for key in ("notebook", "output_dir", "models", "datasets"):
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: a grid file is a mapping of {', '.join(GRID_KEYS)}")
+    _refuse_unknown(doc, GRID_KEYS, f"{path}: unknown top-level key(s)")
+    for key in ("notebook", "models", "datasets"):
         if key not in doc:
             raise ValueError(f"{path}: grid file lacks {key!r}")
+    if doc.get("version", 1) != 1:
+        raise ValueError(f"{path}: version {doc['version']!r} is not one this facebench reads (1)")
+    doc["name"] = _plain(doc.get("name", path.stem), f"{path}: name")
     base = (path.parent / doc.get("base", ".")).resolve()
     doc["base"] = base
-    for key in ("notebook", "output_dir", "results_dir"):
-        if doc.get(key):
-            doc[key] = base / doc[key]
-    for s in doc.get("summaries", []):
-        s["notebook"], s["output"] = base / s["notebook"], base / s["output"]
+    doc["notebook"] = base / doc["notebook"]
+    doc["book"] = (base / doc.get("book", f"studies/{doc['name']}")).resolve()
+    doc["results_dir"] = base / doc["results_dir"] if doc.get("results_dir") else DEFAULT_RESULTS_DIR
+    doc["runs_dir"] = doc["book"] / "book" / "runs"
+    summaries = []
+    for s in doc.get("summaries") or []:
+        notebook = s.get("notebook") if isinstance(s, dict) else s
+        if not isinstance(notebook, str) or (isinstance(s, dict) and set(s) != {"notebook"}):
+            raise ValueError(f"{path}: a summaries entry is a notebook path (or {{notebook: PATH}}), got {s!r}")
+        summaries.append({"notebook": base / notebook, "output": doc["book"] / "book" / f"{Path(notebook).stem}.ipynb"})
+    doc["summaries"] = summaries
     doc["cells"] = list(_cells(doc, path))
+    doc["headline"] = _headline(doc, path)
     return doc
 
 
-def _entry(item, what: str, path) -> tuple[str, dict, int | None, str | None]:
+def _refuse_unknown(doc: dict, known, what: str) -> None:
+    unknown = sorted(set(doc) - set(known))
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(str(k), known, 1))
+                 else repr(k) for k in unknown]
+        raise ValueError(f"{what} {', '.join(hints)}; known: {', '.join(known)}")
+
+
+def _plain(name, what: str) -> str:
+    """``name`` if it is a plain file name (no path separator, no ``..``), else ValueError naming ``what``."""
+    if not isinstance(name, str) or not _PLAIN_NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"{what} {name!r} must be a plain name: letters, digits, '.', '_', '+' or '-', "
+                         "no path separator and no '..'")
+    return name
+
+
+def _entry(item, what: str, path) -> tuple[str, dict, int | None, dict]:
     if isinstance(item, str):
-        return item, {}, None, None
-    keys = {what, "parameters", "shards"} | ({"label", "datasets"} if what == "model" else set())
-    if isinstance(item, dict) and what in item:
-        unknown = sorted(set(item) - keys)
-        if unknown:
-            raise ValueError(f"{path}: {what} entry {item[what]!r} has unknown key(s) {unknown}; "
-                             f"it takes {', '.join(sorted(keys))}")
-        return (item[what], dict(item.get("parameters") or {}), check_shards(item.get("shards"), path),
-                item.get("label"))
-    raise ValueError(f"{path}: a {what}s entry must be a name or {{{what}: NAME, parameters: {{...}}}}, got {item!r}")
+        return item, {}, None, {}
+    keys = ("parameters", "shards") + (("label", "datasets") if what == "model" else ())
+    if not (isinstance(item, dict) and what in item):
+        raise ValueError(f"{path}: a {what}s entry must be a name or {{{what}: NAME, parameters: {{...}}}}, "
+                         f"got {item!r}")
+    _refuse_unknown({k: v for k, v in item.items() if k != what}, keys,
+                    f"{path}: {what} entry {item[what]!r} has unknown key(s)")
+    params = dict(item.get("parameters") or {})
+    _refuse_unknown(params, CELL_KEYS, f"{path}: {what} entry {item[what]!r}: unknown parameter(s)")
+    return item[what], params, check_shards(item.get("shards"), path), item
 
 
 def check_shards(value, source) -> int | None:
@@ -79,23 +155,36 @@ def check_shards(value, source) -> int | None:
 
 
 def _cells(doc: dict, path):
+    from facebench.datasets import known_datasets
+    from facebench.models import resolve
+    from facebench.registry import UnknownNameError, suggest
+
     defaults = dict(doc.get("parameters") or {})
+    _refuse_unknown(defaults, CELL_KEYS, f"{path}: parameters: unknown key(s)")
     grid_shards = check_shards(doc.get("shards"), path)
+    datasets = [_entry(d, "dataset", path) for d in doc["datasets"]]
+    for name, *_ in datasets:
+        _plain(name, f"{path}: dataset")
+        if name not in known_datasets():
+            raise UnknownNameError(f"{path}: " + suggest(name, known_datasets(), what="dataset"))
     names = set()
-    known = {_entry(d, "dataset", path)[0] for d in doc["datasets"]}
     for m in doc["models"]:
-        model, mparams, mshards, label = _entry(m, "model", path)
-        only = m.get("datasets") if isinstance(m, dict) else None  # e.g. an analysis run on one dataset
-        if only is not None and (not isinstance(only, list) or set(only) - known):
+        model, mparams, mshards, entry = _entry(m, "model", path)
+        label = _plain(entry["label"], f"{path}: label") if "label" in entry else None
+        only = entry.get("datasets")  # e.g. an analysis run on one dataset
+        known = [d[0] for d in datasets]
+        if only is not None and (not isinstance(only, list) or set(only) - set(known)):
             raise ValueError(f"{path}: model entry {model!r} lists datasets {only!r}; each must be one of "
-                             f"the grid's datasets {sorted(known)}")
-        for d in doc["datasets"]:
-            dataset, dparams, dshards, _ = _entry(d, "dataset", path)
+                             f"the grid's datasets {known}")
+        for dataset, dparams, dshards, _ in datasets:
             if only is not None and dataset not in only:
                 continue
-            params = {**defaults, **mparams, **dparams, "model": model, "dataset": dataset}
-            if doc.get("results_dir"):
-                params["out"] = str(doc["results_dir"])
+            params = {**defaults, **mparams, **dparams, "model": model, "dataset": dataset,
+                      "out": str(doc["results_dir"])}
+            try:  # an unknown model or setting fails the grid here, before any cell runs
+                resolve(model, params.get("settings"))
+            except (UnknownNameError, ValueError) as exc:
+                raise type(exc)(f"{path}: {exc}") from None
             shards = next((n for n in (mshards, dshards, grid_shards) if n is not None), 1)
             # The same model under other settings (a prompt template, both orders)
             # needs a label of its own, or two cells would write one page.
@@ -105,6 +194,28 @@ def _cells(doc: dict, path):
                                  "a label (e.g. {model: NAME, label: NAME-fr, parameters: {settings: {...}}})")
             names.add(name)
             yield {"name": name, "label": label or model, "parameters": params, "shards": shards}
+
+
+def _headline(doc: dict, path) -> dict:
+    wanted = doc.get("headline") or {}
+    if not isinstance(wanted, dict):
+        raise ValueError(f"{path}: headline is a mapping of {', '.join(HEADLINE_ROLES)}, got {wanted!r}")
+    _refuse_unknown(wanted, HEADLINE_ROLES, f"{path}: headline: unknown role(s)")
+    labels = {c["label"] for c in doc["cells"]}
+    datasets = {c["parameters"]["dataset"] for c in doc["cells"]}
+    for role, value in wanted.items():
+        if value not in (datasets if role == "dataset" else labels):
+            raise ValueError(f"{path}: headline {role}: {value!r} is not one of the grid's "
+                             f"{'datasets' if role == 'dataset' else 'model labels'}")
+    return wanted
+
+
+def page_parameters(cell: dict) -> dict:
+    """The parameters a cell's page is rendered with: the cell's, less the runtime-only ones."""
+    return {k: v for k, v in cell["parameters"].items() if k not in RUNTIME_KEYS}
+
+
+# ------------------------------------------------------------------ rendering
 
 
 def notebook_from_source(source: Path, tmpdir: Path) -> Path:
@@ -131,30 +242,104 @@ def check_parameters(notebook: Path, params: dict, *, source: Path) -> None:
 
 
 def notebook_state(path: Path) -> dict | None:
-    """Parameters and error flag papermill recorded in an executed notebook, or None."""
-    import nbformat
-
+    """Parameters, error flag and facebench status recorded in a page, or None where there is no page."""
     if not path.exists():
         return None
-    meta = nbformat.read(path, as_version=4).metadata.get("papermill", {})
-    return {"parameters": meta.get("parameters", {}), "exception": bool(meta.get("exception"))}
+    # Plain JSON, not nbformat: only the metadata is wanted, and a study has many large pages.
+    meta = json.loads(path.read_text()).get("metadata", {})
+    return {"parameters": meta.get("papermill", {}).get("parameters", {}),
+            "exception": bool(meta.get("papermill", {}).get("exception")),
+            "status": meta.get("facebench", {}).get("status"), "key": meta.get("facebench", {}).get("key")}
 
 
-def execute(source: Path, output: Path, params: dict, *, cwd: Path, tmpdir: Path) -> None:
-    import papermill
+def code_identity() -> dict:
+    """What a page depends on besides its template and data: facebench's version, commit and source.
 
-    notebook = notebook_from_source(source, tmpdir)
-    check_parameters(notebook, params, source=source)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        papermill.execute_notebook(str(notebook), str(output), parameters=params, cwd=str(cwd),
-                                   kernel_name="python3", progress_bar=False)
-    finally:
-        _title(output, params)
+    The sha256 of the package's Python files catches an edit that is not committed yet.
+    """
+    import facebench
+    from facebench.paths import PACKAGE_DIR
+
+    h = hashlib.sha256()
+    for file in sorted(PACKAGE_DIR.rglob("*.py")):
+        h.update(file.relative_to(PACKAGE_DIR).as_posix().encode() + b"\0" + file.read_bytes())
+    return {"version": facebench.__version__, "commit": git_state()["commit"], "source_sha256": h.hexdigest()}
 
 
-def _title(path: Path, params: dict) -> None:
-    """Fill the template's ``# {model} on {dataset}`` heading, so each run page has its own title."""
+def render_key(template: Path, params: dict, data) -> str:
+    """The key a rendered page records: template bytes, parameters, code and what it read (``data``)."""
+    return canonical_hash({"template": file_sha256(template), "parameters": params,
+                           "code": code_identity(), "data": data})
+
+
+class Renderer:
+    """Renders notebooks with papermill, one after another in one kernel.
+
+    A fresh kernel per page costs seconds before the first line runs (its start,
+    then matplotlib, seaborn and myst-nb's nbformat, whose jsonschema builds a
+    grammar on import): most of a 140-page study's render time. Here each page
+    still starts from an empty namespace (``%reset -f``) with every figure
+    closed, in ``cwd``; a kernel that died is started again.
+
+    Examples
+    --------
+    ``with Renderer(cwd) as r: r.render(source, output, params)``
+    """
+
+    def __init__(self, cwd: Path, tmpdir: Path):
+        self.cwd, self.tmpdir, self.km = Path(cwd), Path(tmpdir), None
+
+    def __enter__(self) -> "Renderer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.km is not None:
+            from jupyter_core.utils import run_sync
+
+            run_sync(self.km.shutdown_kernel)(now=True)
+            self.km = None
+
+    def _kernel(self):
+        from jupyter_client.manager import AsyncKernelManager
+        from jupyter_core.utils import run_sync
+
+        if self.km is not None and not run_sync(self.km.is_alive)():
+            run_sync(self.km.cleanup_resources)()
+            self.km = None
+        if self.km is None:
+            self.km = AsyncKernelManager(kernel_name="python3")
+            run_sync(self.km.start_kernel)(cwd=str(self.cwd))
+        else:  # what the previous page left behind goes
+            kc = self.km.client()
+            kc.start_channels()
+            try:
+                run_sync(kc.wait_for_ready)(timeout=60)
+                run_sync(kc.execute_interactive)(
+                    "get_ipython().run_line_magic('reset', '-f')\n"
+                    "import matplotlib.pyplot\nmatplotlib.pyplot.close('all')\ndel matplotlib",
+                    silent=True, store_history=False, timeout=60)
+            finally:
+                kc.stop_channels()
+        return self.km
+
+    def render(self, source: Path, output: Path, params: dict, *, key: str | None = None,
+               title: str | None = None) -> None:
+        """Execute ``source`` with ``params`` into ``output``, recording ``key`` (see :func:`render_key`)
+        and giving it ``title``; a failing cell raises papermill's error after the page is written."""
+        import papermill
+
+        notebook = notebook_from_source(source, self.tmpdir)
+        check_parameters(notebook, params, source=source)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            papermill.execute_notebook(str(notebook), str(output), parameters=params, cwd=str(self.cwd),
+                                       km=self._kernel(), kernel_name="python3", progress_bar=False)
+        finally:
+            _finish_page(output, title=title, key=key)
+
+
+def _finish_page(path: Path, *, title: str | None, key: str | None) -> None:
+    """Give a page its own title, hide papermill's cell of machine paths, and record its key and status."""
     import nbformat
 
     if not path.exists():
@@ -162,75 +347,130 @@ def _title(path: Path, params: dict) -> None:
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         tags = cell.metadata.setdefault("tags", [])
-        # papermill's injected cell holds machine paths; the page shows its parameters elsewhere
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")
-    for cell in nb.cells:
-        if cell.cell_type == "markdown" and cell.source.startswith("# "):
-            title, _, rest = cell.source.partition("\n")
-            values = dict(params)
-            if params.get("settings"):  # e.g. "negative-control (prompt=fr-ouinon) on demo"
-                values["model"] += " (" + ", ".join(f"{k}={v}" for k, v in params["settings"].items()) + ")"
-            cell.source = title.format_map(values) + _ + rest
-            break
+    if title:
+        heading = next((c for c in nb.cells if c.cell_type == "markdown" and c.source.startswith("# ")), None)
+        if heading is not None:
+            heading.source = f"# {title}" + heading.source[heading.source.find("\n"):] \
+                if "\n" in heading.source else f"# {title}"
+    failed = bool(nb.metadata.get("papermill", {}).get("exception"))
+    # A failed render records no key, so the next grid run renders it again.
+    nb.metadata["facebench"] = {"status": "failed" if failed else "rendered", "key": None if failed else key}
     nbformat.write(nb, path)
 
 
-def write_failed_notebook(source: Path, output: Path, params: dict, error: BaseException, trace: str, *,
-                          tmpdir: Path) -> None:
-    """The page of a cell whose scoring failed before its notebook could run (e.g. on a Ray worker).
+def cell_title(cell: dict) -> str:
+    """``dlib on lfw``; a variant shows its settings: ``negative-control (prompt=fr-ouinon) on demo``."""
+    p = cell["parameters"]
+    settings = p.get("settings") or {}
+    model = p["model"] + (" (" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings else "")
+    return f"{model} on {p['dataset']}"
 
-    The template with its parameters filled in (papermill's ``prepare_only``),
-    the error as the output of the scoring cell, and the notebook marked as
-    failed the way papermill marks a failed execution, so the book and
-    :func:`notebook_state` treat it as the local executor's failed notebooks.
+
+def write_status_page(output: Path, cell: dict, status: str, text: str, *, trace: str = "") -> None:
+    """The page of a cell that has no run to show: its model is not available, or its scoring failed.
+
+    Written directly (no kernel), the same whichever executor scored. A failed
+    cell's page is marked as failed the way papermill marks a failed execution,
+    so the book and :func:`notebook_state` treat both alike.
     """
     import nbformat
-    import papermill
 
-    notebook = notebook_from_source(source, tmpdir)
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {cell_title(cell)}"), nbformat.v4.new_markdown_cell(text)]
+    if trace:
+        fence = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", trace)), default=0))
+        nb.cells.append(nbformat.v4.new_markdown_cell(f"{fence}text\n{trace.rstrip()}\n{fence}"))
+    nb.metadata["papermill"] = {"parameters": page_parameters(cell), "exception": status == "failed"}
+    nb.metadata["facebench"] = {"status": status, "key": None}
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     output.parent.mkdir(parents=True, exist_ok=True)
-    papermill.execute_notebook(str(notebook), str(output), parameters=params, prepare_only=True,
-                               kernel_name="python3", progress_bar=False)
-    nb = nbformat.read(output, as_version=4)
-    skip = {"parameters", "injected-parameters"}
-    cell = next(c for c in nb.cells if c.cell_type == "code" and not skip & set(c.metadata.get("tags", [])))
-    trace = trace or "".join(traceback.format_exception(error))
-    cell.outputs = [nbformat.v4.new_output("error", ename=type(error).__name__, evalue=str(error),
-                                           traceback=trace.splitlines())]
-    cell.metadata.setdefault("papermill", {})["exception"] = True
-    nb.metadata.setdefault("papermill", {})["exception"] = True
-    nb.cells.insert(1, nbformat.v4.new_markdown_cell(
-        f"**This cell failed before its results could be shown**: `{_short_error(error)}`"))
     nbformat.write(nb, output)
-    _title(output, params)
 
 
-@contextmanager
-def _environment(changes: dict[str, str]):
-    """Environment variables set for the block (a notebook's kernel inherits them), then restored."""
-    saved = {k: os.environ.get(k) for k in changes}
-    os.environ.update(changes)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+# ------------------------------------------------------------------ the book of a grid
+
+
+def toc(grid: dict) -> str:
+    """The grid's ``_toc.yml``: the hand-written pages, the summaries in grid order, and every
+    cell's page listed explicitly under a page per dataset, datasets and models in grid order."""
+    by_dataset: dict[str, list[str]] = {}
+    for cell in grid["cells"]:
+        by_dataset.setdefault(cell["parameters"]["dataset"], []).append(cell["name"])
+    runs = [{"file": f"book/runs/{dataset}", "sections": [{"file": f"book/runs/{name}"} for name in names]}
+            for dataset, names in by_dataset.items()]
+    doc = {"format": "jb-book", "root": "book/intro",
+           "chapters": [{"file": "book/protocol"}, *({"file": f"book/{s['output'].stem}"} for s in grid["summaries"]),
+                        {"file": "book/reproduce"}, {"file": "book/runs", "sections": runs}]}
+    return (f"# Written by `facebench grid` from the grid file of study {grid['name']!r}: "
+            "edit the grid, not this file.\n"
+            + yaml.safe_dump(doc, sort_keys=False))
+
+
+def dataset_page(grid: dict, dataset: str) -> str:
+    """The page that heads the run pages of one dataset."""
+    cells = [c for c in grid["cells"] if c["parameters"]["dataset"] == dataset]
+    return (f"(runs_{dataset})=\n# Runs on {dataset}\n\nOne page per model of the grid on {dataset}, "
+            f"in grid order ({len(cells)} in all).\n")
+
+
+def write_book(grid: dict) -> None:
+    """The grid's table of contents and dataset pages; for a book root of its own, also
+    copies of the checkout's hand-written pages and configuration (files are only
+    rewritten when their content changes, so a rebuild leaves no churn)."""
+    book, base = grid["book"], grid["base"]
+    _write_if_changed(book / "_toc.yml", toc(grid))
+    for dataset in dict.fromkeys(c["parameters"]["dataset"] for c in grid["cells"]):
+        _write_if_changed(grid["runs_dir"] / f"{dataset}.md", dataset_page(grid, dataset))
+    if book == base:
+        return
+    for name in BOOK_FILES:
+        _write_if_changed(book / name, (base / name).read_text())
+    for page in BOOK_PAGES:
+        _write_if_changed(book / "book" / f"{page}.md", (base / "book" / f"{page}.md").read_text())
+    static = book / "book" / "_static"
+    if not static.exists():
+        static.symlink_to(base / "book" / "_static", target_is_directory=True)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def build_book(path, *, log=print) -> Path:
+    """Build the HTML book of the grid at ``path`` (``jupyter-book build -n -W --keep-going``); returns its index."""
+    import subprocess
+    import sys
+
+    grid = load_grid(path)
+    if not (grid["book"] / "_toc.yml").exists():
+        raise ValueError(f"{path}: its book has no table of contents yet; run `facebench grid {path}` first")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    command = [str(jb) if jb.exists() else "jupyter-book", "build", str(grid["book"]), "-n", "-W", "--keep-going"]
+    log(" ".join(command))
+    done = subprocess.run(command)
+    if done.returncode:
+        raise RuntimeError(f"the book of {path} did not build (jupyter-book exited {done.returncode}); "
+                           "its messages are above")
+    return grid["book"] / "_build" / "html" / "index.html"
+
+
+# ------------------------------------------------------------------ the three phases
 
 
 def run_grid(path, *, force: bool = False, executor="local", address: str | None = None, shards: int | None = None,
              log=print) -> dict:
-    """Execute every cell of the grid file at ``path``, then its summaries; returns the status.
+    """Score every cell of the grid file at ``path``, render its pages, then its summaries and table of contents.
 
     Parameters
     ----------
     path : path
-        The grid file (see :func:`load_grid`).
+        The grid file (see the module docstring).
     force : bool
-        Run cells whose notebook already ran cleanly with the same parameters.
+        Render every page again, fresh or not (stored pairs are never scored twice).
     executor : str or executor
         ``"local"`` or ``"ray"`` (:mod:`facebench.executors`), or an executor object.
     address : str, optional
@@ -240,99 +480,142 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
     log : callable
         Receives one line per event.
 
-    The status (also in ``<output_dir>/_grid_status.json``, rewritten after each
-    cell) lists every cell in grid order with ``status`` "complete", "failed",
-    "not available" or, after Ctrl-C, "interrupted". Parameters and model names
-    are checked before any cell runs; Ctrl-C records the status file and
-    re-raises ``KeyboardInterrupt``.
+    Returns
+    -------
+    dict
+        The status, also in ``<book>/book/runs/_grid_status.json`` (rewritten
+        after each cell): every cell in grid order with ``status`` "complete",
+        "partial", "failed", "not available" or, after Ctrl-C, "interrupted",
+        and ``failed_summaries`` (summary page → error) where one failed.
+        Ctrl-C records the status file and re-raises ``KeyboardInterrupt``.
     """
     from facebench.executors import Job, make_executor
 
     grid = load_grid(path)
-    out_dir: Path = grid["output_dir"]
+    runs_dir: Path = grid["runs_dir"]
     cells = grid["cells"]
     if shards is not None:
         shards = check_shards(shards, "--shards")
         cells = [{**c, "shards": shards} for c in cells]
-    runner = executor
-    if isinstance(executor, str):
-        runner = make_executor(executor, address=address, temp_dir=out_dir / ".ray")
-    status = {"grid": str(Path(path).resolve()), "started": now(), "executor": runner.name, "cells": []}
-    # Progress bars inside the notebooks would land in their outputs.
-    os.environ.setdefault("FACEBENCH_PROGRESS", "0")
-    with tempfile.TemporaryDirectory() as tmp:
-        # A misspelt parameter fails the grid before any cell runs.
+    runner = make_executor(executor, address=address, temp_dir=runs_dir / ".ray") if isinstance(executor, str) \
+        else executor
+    status = {"grid": str(Path(path).resolve()), "study": grid["name"], "started": now(), "executor": runner.name,
+              "cells": []}
+    entries: list[dict] = [{"name": c["name"], "label": c["label"], "page": str(runs_dir / f"{c['name']}.ipynb"),
+                            "parameters": c["parameters"], "status": None, "error": None, "seconds": 0.0}
+                           for c in cells]
+
+    def record(**extra) -> None:
+        status["cells"] = [e for e in entries if e["status"]]
+        write_json_atomic(runs_dir / STATUS_FILE, {**status, **extra})
+
+    with tempfile.TemporaryDirectory() as tmp, Renderer(grid["base"], Path(tmp)) as renderer:
         template = notebook_from_source(grid["notebook"], Path(tmp))
-        for cell in cells:
-            check_parameters(template, cell["parameters"], source=grid["notebook"])
-        # An unknown model name also fails before any cell runs; a known model this
-        # machine cannot run (no weights file, no package) is recorded, not failed.
+        for cell in cells:  # a parameter the template does not declare fails the grid before any cell runs
+            check_parameters(template, page_parameters(cell), source=grid["notebook"])
         unavailable = {m: unavailable_reason(m) for m in dict.fromkeys(c["parameters"]["model"] for c in cells)}
-        entries: list[dict | None] = [None] * len(cells)
 
-        def record(i: int, entry: dict) -> None:
-            entries[i] = entry
-            status["cells"] = [e for e in entries if e]
-            write_json_atomic(out_dir / STATUS_FILE, status)
-
-        def base(job) -> dict:
-            return {"name": job.name, "notebook": str(out_dir / f"{job.name}.ipynb"), "parameters": job.parameters}
-
-        def render(job) -> None:
-            log(f"{job.label}: running")
-            entry = base(job)
-            try:
-                with _environment(runner.render_env):
-                    execute(grid["notebook"], Path(entry["notebook"]), job.parameters, cwd=grid["base"],
-                            tmpdir=Path(tmp))
-                entry["status"], entry["error"] = "complete", None
-            except Exception as exc:  # noqa: BLE001 - one failing cell must not stop the grid
-                entry["status"], entry["error"] = "failed", _short_error(exc)
-                log(f"{job.label}: FAILED: {entry['error']}")
-            entry["seconds"] = round(time.perf_counter() - job.started, 2)
-            record(job.index, entry)
-
-        def fail(job, error: BaseException, trace: str) -> None:
-            entry = {**base(job), "status": "failed", "error": _short_error(error)}
-            log(f"{job.label}: FAILED: {entry['error']}")
-            write_failed_notebook(grid["notebook"], Path(entry["notebook"]), job.parameters, error, trace,
-                                  tmpdir=Path(tmp))
-            record(job.index, {**entry, "seconds": round(time.perf_counter() - job.started, 2)})
-
+        # 1. Score.
         with runner.session():
             jobs = []
             for i, cell in enumerate(cells):
-                label = f"[{i + 1}/{len(cells)}] {cell['name']}"
-                job = Job(i, label, cell["name"], cell["parameters"], cell.get("shards", 1))
-                model = cell["parameters"]["model"]
-                why = unavailable[model] or runner.unavailable(model)
-                state = notebook_state(out_dir / f"{cell['name']}.ipynb")
-                if why:
-                    log(f"{label}: not available: {why}")
-                    entries[i] = {**base(job), "status": "not available", "error": why, "seconds": 0.0}
-                elif not force and state and not state["exception"] and state["parameters"] == cell["parameters"]:
-                    log(f"{label}: complete, skipped (--force re-runs it)")
-                    entries[i] = {**base(job), "status": "complete", "seconds": 0.0}
-                else:
-                    jobs.append(job)
-            status["cells"] = [e for e in entries if e]
+                why = unavailable[cell["parameters"]["model"]] or runner.unavailable(cell["parameters"]["model"])
+                if why and not _has_rows(cell):  # a run imported or scored elsewhere is shown all the same
+                    log(f"[{i + 1}/{len(cells)}] {cell['name']}: not available: {why}")
+                    entries[i].update(status="not available", error=why)
+                elif not why:
+                    jobs.append(Job(i, f"[{i + 1}/{len(cells)}] {cell['name']}", cell["name"], cell["parameters"],
+                                    cell["shards"]))
             try:
-                runner.run(jobs, render=render, fail=fail, log=log)
+                outcomes = runner.score(jobs, log=log)
             except KeyboardInterrupt:
                 for job in jobs:
-                    if entries[job.index] is None:
-                        entries[job.index] = {**base(job), "status": "interrupted",
-                                              "error": "stopped by Ctrl-C; stored pairs are kept and a rerun resumes",
-                                              "seconds": round(time.perf_counter() - job.started, 2)}
-                status["cells"] = [e for e in entries if e]
-                write_json_atomic(out_dir / STATUS_FILE, {**status, "interrupted": now()})
+                    entries[job.index].update(status="interrupted", seconds=round(time.perf_counter() - job.started, 2),
+                                              error="stopped by Ctrl-C; stored pairs are kept and a rerun resumes")
+                record(interrupted=now())
                 raise
-        write_json_atomic(out_dir / STATUS_FILE, {**status, "finished": now()})
-        for s in grid.get("summaries", []):
-            log(f"summary {s['output'].name}: running")
-            execute(s["notebook"], s["output"], {"grid": str(Path(path).resolve())}, cwd=grid["base"],
-                    tmpdir=Path(tmp))
+        for job in jobs:
+            error, trace = outcomes.get(job.index) or (None, "")
+            entries[job.index]["seconds"] = round(time.perf_counter() - job.started, 2)
+            if error is not None:
+                entries[job.index].update(status="failed", error=_short_error(error), trace=trace)
+                log(f"{job.label}: FAILED: {entries[job.index]['error']}")
+        record()
+
+        # 2. Render.
+        for i, cell in enumerate(cells):
+            entry, page = entries[i], runs_dir / f"{cell['name']}.ipynb"
+            label = f"[{i + 1}/{len(cells)}] {cell['name']}"
+            if entry["status"] == "not available":
+                write_status_page(page, cell, "not available",
+                                  f"**Not available** on the machine that built this book: {entry['error']}")
+                continue
+            if entry["status"] == "failed":
+                write_status_page(page, cell, "failed", f"**Scoring failed**: `{entry['error']}`",
+                                  trace=entry.pop("trace", ""))
+                record()
+                continue
+            entry["status"] = _run_status(cell)
+            params = page_parameters(cell)
+            key = render_key(grid["notebook"], params, _run_updated(cell))
+            state = notebook_state(page)
+            if not force and state and state["key"] == key:
+                log(f"{label}: page is fresh, skipped (--force renders it again)")
+                record()
+                continue
+            log(f"{label}: rendering")
+            t0 = time.perf_counter()
+            try:
+                renderer.render(grid["notebook"], page, params, key=key, title=cell_title(cell))
+            except Exception as exc:  # noqa: BLE001 - one failing page must not stop the grid
+                entry.update(status="failed", error=_short_error(exc))
+                log(f"{label}: page FAILED: {entry['error']}")
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 2)
+            record()
+
+        # 3. Read: the summaries and the table of contents.
+        write_book(grid)
+        data = [(e["name"], e["status"], _run_updated(c) if e["status"] in ("complete", "partial") else None)
+                for c, e in zip(cells, entries)]
+        for s in grid["summaries"]:
+            params = {"grid": str(Path(path).resolve())}
+            key = render_key(s["notebook"], params, {"grid": Path(path).read_text(), "cells": data})
+            state = notebook_state(s["output"])
+            if not force and state and state["key"] == key:
+                log(f"summary {s['output'].name}: fresh, skipped")
+                continue
+            log(f"summary {s['output'].name}: rendering")
+            try:
+                renderer.render(s["notebook"], s["output"], params, key=key)
+            except Exception as exc:  # noqa: BLE001 - the other summaries still render
+                status.setdefault("failed_summaries", {})[s["output"].name] = _short_error(exc)
+                log(f"summary {s['output'].name}: FAILED: {_short_error(exc)}")
+    record(finished=now())
     return status
+
+
+def _run_store(cell: dict):
+    from facebench.scoring import run_store
+
+    p = cell["parameters"]
+    return run_store(p["model"], p["dataset"], out=p.get("out"), settings=p.get("settings"))
+
+
+def _has_rows(cell: dict) -> bool:
+    return bool(_run_store(cell).done_ids())
+
+
+def _run_updated(cell: dict) -> str | None:
+    """When the cell's run last changed (its manifest's ``updated``): a page older than that is stale."""
+    return _run_store(cell).read_manifest().get("updated")
+
+
+def _run_status(cell: dict) -> str:
+    """"complete" when the run holds every pair of the cell (the dataset's, or its ``limit``), else "partial"."""
+    manifest = _run_store(cell).read_manifest()
+    wanted = cell["parameters"].get("limit") or manifest.get("dataset_pairs")
+    done = len(_run_store(cell).done_ids())
+    return "complete" if wanted and done >= min(wanted, manifest.get("dataset_pairs") or wanted) else "partial"
 
 
 def unavailable_reason(model: str) -> str | None:
@@ -343,7 +626,7 @@ def unavailable_reason(model: str) -> str | None:
     return None if ok else why
 
 
-def _short_error(exc: Exception) -> str:
+def _short_error(exc: BaseException) -> str:
     ename, evalue = getattr(exc, "ename", None), getattr(exc, "evalue", None)
     text = f"{ename}: {evalue}" if ename else f"{type(exc).__name__}: {exc}"
     return text.strip().splitlines()[0][:500] if text.strip() else type(exc).__name__

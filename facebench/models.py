@@ -27,6 +27,9 @@ class Verifier:
 
     kind = ""
     requires: tuple[str, ...] = ()  # importable modules the backend needs
+    # Settings that change how a run goes, never what it scores (concurrency, timeouts):
+    # recorded in the manifest but kept out of the run's identity, so raising one resumes the run.
+    runtime: frozenset[str] = frozenset()
 
     def info(self) -> dict:
         """Model id, revision and device, recorded in each run's manifest."""
@@ -96,12 +99,23 @@ class ModelSpec:
     def load(self) -> Verifier:
         return BACKENDS.get(self.backend)(**self.settings)
 
-    def identity(self) -> dict:
-        """The settings as the backend will use them (its defaults filled in), so that
-        changing a default in code starts new runs instead of mixing results."""
+    def _effective_settings(self) -> tuple[type[Verifier], dict]:
         cls = BACKENDS.get(self.backend)
         defaults = {k: v for k, v in _keyword_defaults(cls).items() if v is not inspect.Parameter.empty}
-        return {"settings": {**defaults, **self.settings}, **cls.identity(self.settings)}
+        return cls, {**defaults, **self.settings}
+
+    def identity(self) -> dict:
+        """The settings that change scores, as the backend will use them (its defaults
+        filled in), so that changing a default in code starts new runs instead of mixing
+        results. The backend's ``runtime`` settings are left out (:meth:`runtime_settings`)."""
+        cls, settings = self._effective_settings()
+        return {"settings": {k: v for k, v in settings.items() if k not in cls.runtime},
+                **cls.identity(self.settings)}
+
+    def runtime_settings(self) -> dict:
+        """The backend's runtime-only settings (e.g. ``concurrency``) as this run uses them."""
+        cls, settings = self._effective_settings()
+        return {k: v for k, v in settings.items() if k in cls.runtime}
 
     def availability(self) -> tuple[bool, str]:
         """Whether this machine can run the model, and if not, why."""

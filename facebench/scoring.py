@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from dataclasses import dataclass, replace
@@ -14,12 +13,13 @@ import pandas as pd
 from PIL import Image
 
 from facebench import models
-from facebench.datasets import Dataset, DatasetError, load_dataset, preflight
+from facebench.datasets import Dataset, DatasetError, load_dataset
+from facebench.integrity import preflight
 from facebench.metrics import verification_report
 from facebench.paths import DEFAULT_RESULTS_DIR
-from facebench.progress import progress
+from facebench.progress import progress as progress_bar
 from facebench.provenance import git_state, now, redact, versions
-from facebench.store import RunStore
+from facebench.store import RunStore, ShardStore
 
 
 class RunError(RuntimeError):
@@ -34,6 +34,7 @@ class Run:
     dataset: Dataset  # the pairs this run covers (a subset with --limit)
     store: RunStore
     full_dataset: Dataset
+    spec: models.ModelSpec | None = None  # the model with its settings, as resolved
 
     @property
     def manifest(self) -> dict:
@@ -41,13 +42,16 @@ class Run:
 
     @cached_property
     def table(self) -> pd.DataFrame:
-        """The dataset's pairs joined with their stored results (NaN where not run)."""
-        return self.dataset.pairs.merge(self.store.rows(), on="pair_id", how="left")
+        """The dataset's pairs joined with their stored results (NaN where not run);
+        ``stored`` is True for the pairs the store holds a row for (a result or an error)."""
+        rows = self.store.rows().assign(stored=True)
+        table = self.dataset.pairs.merge(rows, on="pair_id", how="left")
+        return table.assign(stored=table["stored"].eq(True))
 
     def metrics(self) -> dict:
         """:func:`~facebench.metrics.verification_report` on this run's pairs, plus who and what."""
         # Pairs not attempted yet are left out; pairs that failed count as not acquired.
-        t = self.table[self.table["seconds"].notna()]
+        t = self.table[self.table["stored"]]
         decides = t["decision"].notna().any()
         decisions = t["decision"].to_numpy(float) if decides else None
         report = verification_report(t["score"].to_numpy(float), t["same"].to_numpy(), t["fold"].to_numpy(),
@@ -127,12 +131,36 @@ def open_run(model: str, dataset: str | Dataset, *, root=None, limit: int | None
     ds = full.subset(limit)
     if shard is not None:
         ds, store = shard_pairs(ds, shard), store.shard(*shard)
-    return Run(spec.spec, ds, store, full)
+    return Run(spec.spec, ds, store, full, spec)
+
+
+def run_manifest(run: Run) -> dict:
+    """The manifest fields every way of making a run records (scoring, merging, importing):
+    who and what (the run's identity and runtime settings) and on which data."""
+    spec, full, previous = run.spec or models.resolve(run.model), run.full_dataset, run.store.read_manifest()
+    return {**run_identity(spec), "runtime_settings": redact(spec.runtime_settings()),
+            "settings_hash": run.store.dir.name, "dataset": full.name, "dataset_checksum": full.checksum,
+            "dataset_pairs": len(full.pairs), "dataset_info": _jsonable(full.info),
+            "created": previous.get("created", now())}
+
+
+def check_dataset_identity(run: Run) -> None:
+    """Refuse a run whose stored results were made on other data than its dataset now holds."""
+    docs = [run.store.read_manifest()]
+    if isinstance(run.store, ShardStore):
+        docs.append(run.store.parent.read_manifest())
+    for doc in docs:
+        if doc and doc.get("dataset_checksum") != run.full_dataset.checksum:
+            raise RunError(
+                f"{run.store.dir} holds results for {run.full_dataset.name} with checksum "
+                f"{doc.get('dataset_checksum')}, but the dataset now has checksum {run.full_dataset.checksum}: "
+                "the pairs or images changed. Use another --out, or move that folder away to start over."
+            )
 
 
 def evaluate(model: str, dataset: str | Dataset, *, root=None, limit: int | None = None, batch_size: int = 16,
              out=None, settings: dict | None = None, shard: tuple[int, int] | None = None, score: bool = True,
-             store=None, verifier: models.Verifier | None = None) -> Run:
+             store=None, verifier: models.Verifier | None = None, progress: bool = True) -> Run:
     """Score every pending pair of ``dataset`` with ``model`` and return the :class:`Run`.
 
     Finished pairs in ``out`` are kept and skipped, so an interrupted run picks
@@ -146,52 +174,44 @@ def evaluate(model: str, dataset: str | Dataset, *, root=None, limit: int | None
     and records the shards under ``sharded`` in the manifest; the merged rows
     are the rows an unsharded run stores, pair for pair.
 
-    ``score=False``, or ``FACEBENCH_NO_SCORING=1`` in the environment, scores
-    nothing: the run is merged and reported as stored, and no model is loaded
-    (the Ray executor renders pages this way on the driver). ``store`` is for
-    executors: see :func:`open_run`.
+    ``score=False`` scores nothing (``facebench merge``): the run is merged and
+    reported as stored, and no model is loaded. ``store`` is for executors: see
+    :func:`open_run`. ``progress=False`` draws no progress bar. The manifest is
+    rewritten, and its ``updated`` time moves, only when something changed, so
+    a finished run stays as it was and its pages stay fresh (see
+    :mod:`facebench.grid`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     run = open_run(model, preflight(dataset, root), root=root, limit=limit, out=out, settings=settings, shard=shard,
                    store=store)
-    spec, full, store = models.resolve(model, settings), run.full_dataset, run.store
+    check_dataset_identity(run)
+    full, store = run.full_dataset, run.store
     previous = store.read_manifest()
-    for doc in (previous, store.parent.read_manifest() if shard else {}):
-        if doc and doc.get("dataset_checksum") != full.checksum:
-            raise RunError(
-                f"{store.dir} holds results for {full.name} with checksum {doc.get('dataset_checksum')}, "
-                f"but the dataset now has checksum {full.checksum}: the pairs or images changed. "
-                "Use another --out, or move that folder away to start over."
-            )
     merged = {} if shard else store.merge_shards()
     pending = run.dataset.pairs[~run.dataset.pairs["pair_id"].isin(store.done_ids())]
-    manifest = {
-        **_shared_fields(merged), **previous, **run_identity(spec), "settings_hash": store.dir.name,
-        "dataset": full.name, "dataset_checksum": full.checksum, "dataset_pairs": len(full.pairs),
-        "dataset_info": _jsonable(full.info), "created": previous.get("created", now()),
-    }
+    manifest = {**_shared_fields(merged), **previous, **run_manifest(run)}
     target = full.pairs if shard is None else shard_pairs(full, shard).pairs
     if shard:
         manifest["shard"] = {"index": shard[0], "count": shard[1], "pairs": len(target), "host": socket.gethostname()}
-    if len(pending) and score and os.environ.get("FACEBENCH_NO_SCORING") != "1":
-        verifier = verifier or spec.load()
+    if len(pending) and score:
+        verifier = verifier or run.spec.load()
         manifest.update(verifier.info())
         # Versions and commit are those of the process that scored.
         manifest.update(versions=versions(), git=git_state(), status="running", updated=now())
         store.write_manifest(manifest)
-        _score(verifier, run.dataset, pending, store, batch_size=batch_size)
+        _score(verifier, run.dataset, pending, store, batch_size=batch_size, progress=progress)
     manifest.setdefault("versions", versions())
     manifest.setdefault("git", git_state())
     done = len(store.done_ids() & set(target["pair_id"]))
-    manifest.update(status="complete" if done >= len(target) else f"partial ({done} of {len(target)} pairs)",
-                    updated=now())
+    manifest["status"] = "complete" if done >= len(target) else f"partial ({done} of {len(target)} pairs)"
     if merged:
         # Per shard, what differs from the run as a whole (shard, host, status, versions, device).
         shards = {name: {k: v for k, v in doc.items() if k in ("shard", "status", "updated") or manifest.get(k) != v}
                   for name, doc in merged.items()}
         manifest["sharded"] = {**previous.get("sharded", {}), **shards}
-    store.write_manifest(manifest)
+    if {k: v for k, v in manifest.items() if k != "updated"} != {k: v for k, v in previous.items() if k != "updated"}:
+        store.write_manifest({**manifest, "updated": now()})
     return run
 
 
@@ -207,8 +227,9 @@ def _jsonable(info: dict) -> dict:
     return json.loads(json.dumps(info, default=str))
 
 
-def _score(verifier, ds: Dataset, pending: pd.DataFrame, store: RunStore, *, batch_size: int) -> None:
-    bar = progress(total=len(pending), desc=f"{ds.name}", unit="pair")
+def _score(verifier, ds: Dataset, pending: pd.DataFrame, store: RunStore, *, batch_size: int,
+           progress: bool) -> None:
+    bar = progress_bar(total=len(pending), desc=f"{ds.name}", unit="pair", **({} if progress else {"disable": True}))
     cache: dict[str, tuple[np.ndarray | None, str]] = {}  # image key → (embedding or None, note or error)
     for start in range(0, len(pending), batch_size):
         batch = pending.iloc[start:start + batch_size]

@@ -6,7 +6,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from facebench.grid import execute, load_grid, run_grid
+from facebench.grid import load_grid, run_grid
 from facebench.report import collect
 
 from conftest import BIN, ROOT
@@ -43,30 +43,29 @@ def test_book_builds_with_warnings_as_errors_and_shows_the_results(demo_project)
     assert "_static/mathjax/tex-mml-chtml.js" in intro and "cdn.jsdelivr" not in intro
 
 
-def test_editing_an_analysis_rerenders_it_without_model_inference(demo_project):
-    """The promise of `make book` after editing notebooks/*.md: summaries re-run, scored cells do not."""
+def test_editing_an_analysis_rerenders_it_without_model_inference(demo_project, monkeypatch):
+    """The promise of `make book` after editing notebooks/*.md: that page renders again, nothing is scored."""
+    from facebench.models import ModelSpec
+
     project, _ = demo_project
     grid_path = project / "grids" / "demo.yaml"
     source, output = project / "notebooks" / "results.md", project / "book" / "results.ipynb"
     cell_page = project / "book" / "runs" / "dlib__demo.ipynb"
-    stores = sorted((project / "results").rglob("pairs.sqlite"))
+    stores = sorted((project / "results").rglob("*.sqlite")) + sorted((project / "results").rglob("manifest.json"))
     before = {p: p.stat().st_mtime_ns for p in [cell_page, *stores]}
+    monkeypatch.setattr(ModelSpec, "load", lambda self: pytest.fail(f"{self.spec} was loaded"))
     original = source.read_text()
     marker = "An analysis edited after the runs."
     try:
         source.write_text(original + f"\n{marker}\n")
         log = []
-        status = run_grid(grid_path, log=log.append)
-        assert {c["seconds"] for c in status["cells"]} == {0.0}  # every cell skipped or not available
-        assert any("complete, skipped" in line for line in log)
-        assert {p: p.stat().st_mtime_ns for p in before} == before  # no cell notebook or stored pair rewritten
+        run_grid(grid_path, log=log.append)
+        assert [line for line in log if "rendering" in line] == ["summary results.ipynb: rendering"]
+        assert {p: p.stat().st_mtime_ns for p in before} == before  # no page of a cell, no stored pair rewritten
         assert marker in output.read_text()
     finally:
         source.write_text(original)
-        grid = load_grid(grid_path)
-        summary = next(s for s in grid["summaries"] if s["output"] == output)
-        execute(summary["notebook"], output, {"grid": str(grid_path.resolve())}, cwd=grid["base"],
-                tmpdir=project)
+        run_grid(grid_path, log=lambda *_: None)
     assert marker not in output.read_text()
 
 
@@ -77,6 +76,51 @@ def test_every_summary_notebook_of_the_grid_is_a_page_of_the_book():
         assert s["notebook"].exists()
         page = s["output"].relative_to(ROOT).with_suffix("").as_posix()
         assert f"file: {page}\n" in toc, page
+
+
+def test_a_grid_of_your_own_becomes_its_own_book(demo_project, tmp_path):
+    """Another layout, another data root, dlib and the control, a run imported from elsewhere:
+    its own book, built with -W, in which the demo's pages neither appear nor get overwritten."""
+    import numpy as np
+
+    from facebench.importing import import_results
+    from facebench.integrity import preflight
+    from layout_fixtures import make_calfw
+
+    project, _ = demo_project
+    demo_pages = {p: p.stat().st_mtime_ns for p in (project / "book").rglob("*.ipynb")}
+    root = tmp_path / "data"
+    make_calfw(root / "calfw", n_pos=10, n_neg=10)
+    grid = project / "grids" / "mine.yaml"
+    grid.write_text(f"""
+name: mine
+base: ..
+notebook: notebooks/evaluate.md
+results_dir: {tmp_path / "results"}
+parameters: {{root: {root}}}
+models: [dlib, negative-control, hf:org/outside-model]
+datasets: [calfw]
+summaries: [notebooks/results.md, notebooks/rfw.md, notebooks/beyond_the_paper.md,
+            notebooks/reported_vs_reproduced.md]
+""")
+    pairs = preflight("calfw", root).pairs  # an outside run of a model this machine cannot load
+    scores = np.random.default_rng(0).normal(pairs["same"].to_numpy(float), 1.0)
+    (tmp_path / "outside.csv").write_text("pair_id,score\n" + "".join(f"{i},{v}\n" for i, v in zip(pairs["pair_id"], scores)))
+    import_results(tmp_path / "outside.csv", model="hf:org/outside-model", dataset="calfw", root=root,
+                   out=tmp_path / "results")
+    status = run_grid(grid, log=lambda *_: None)
+    assert [c["status"] for c in status["cells"]] == ["complete"] * 3
+    build = subprocess.run([str(BIN / "facebench"), "book", str(grid)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    book = project / "studies" / "mine"
+    pages = book / "_build" / "html" / "book"
+    assert sorted(p.name for p in (pages / "runs").glob("*.html")) == [
+        "calfw.html", "dlib__calfw.html", "hf-org--outside-model__calfw.html", "negative-control__calfw.html"]
+    intro = (pages / "intro.html").read_text()
+    assert "study <strong>mine</strong>" in intro and "negative control" in intro
+    assert "outside.csv" in (pages / "runs" / "hf-org--outside-model__calfw.html").read_text()
+    assert "demo" not in (book / "_toc.yml").read_text()
+    assert {p: p.stat().st_mtime_ns for p in demo_pages} == demo_pages
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

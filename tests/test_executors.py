@@ -94,10 +94,9 @@ def test_a_shard_scores_only_what_its_run_lacks(tmp_path, unsharded):
     assert merged.manifest["status"] == f"partial ({20 + len(expected)} of {N_PAIRS} pairs)"
 
 
-def test_no_scoring_environment_loads_no_model(tmp_path, monkeypatch):
-    monkeypatch.setenv("FACEBENCH_NO_SCORING", "1")
+def test_merging_scores_nothing_and_loads_no_model(tmp_path, monkeypatch):
     monkeypatch.setattr(ModelSpec, "load", lambda self: pytest.fail("a model was loaded"))
-    run = evaluate("dlib", "demo", out=tmp_path)
+    run = evaluate("dlib", "demo", out=tmp_path, score=False)
     assert run.manifest["status"] == f"partial (0 of {N_PAIRS} pairs)"
 
 
@@ -124,7 +123,7 @@ def test_shards_in_the_grid_file_model_entry_over_dataset_entry_over_grid(tmp_pa
 @pytest.mark.parametrize("changes, message", [
     ({"shards": 0}, r"g\.yaml: shards must be a whole number >= 1, got 0"),
     ({"models": [{"model": "dlib", "shards": "4"}]}, r"g\.yaml: shards must be .* got '4'"),
-    ({"models": [{"model": "dlib", "shard": 4}]}, r"g\.yaml: model entry 'dlib' has unknown key\(s\) \['shard'\]"),
+    ({"models": [{"model": "dlib", "shard": 4}]}, r"g\.yaml: model entry 'dlib' has unknown key\(s\) 'shard' \(did you mean 'shards'\?\)"),
 ])
 def test_bad_shards_in_a_grid_file_name_the_file(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
@@ -147,6 +146,7 @@ def test_scoring_parameters_are_the_ones_evaluate_takes():
     params = {"model": "dlib", "dataset": "demo", "limit": 6, "batch_size": 4, "out": "/x", "root": None,
               "settings": {"upsample": 0}}
     assert scoring_parameters(params) == {k: v for k, v in params.items() if k != "out"}
+    assert scoring_parameters(params, keep_out=True) == params
 
 
 def test_cli_grid_hands_executor_address_and_shards_to_run_grid(monkeypatch, capsys):
@@ -235,7 +235,7 @@ def test_sharded_grid_on_ray_stores_the_unsharded_rows_and_makes_the_local_page(
     # A second run skips the complete cell without submitting anything.
     lines.clear()
     run_grid(grid, executor=executor(), log=lines.append)
-    assert any("skipped" in line for line in lines) and not any("submitted" in line for line in lines)
+    assert any("page is fresh" in line for line in lines) and not any("rendering" in line for line in lines)
 
 
 def flaky(marker_dir: Path):
@@ -250,24 +250,25 @@ def flaky(marker_dir: Path):
 
 
 def test_a_failed_task_is_retried_once_then_its_cell_is_recorded_as_failed(ray_cluster, tmp_path):
-    grid = ray_project(tmp_path, parameters={"limit": 6}, datasets=["demo", "dmeo"])
+    grid = ray_project(tmp_path, parameters={"limit": 6},
+                       datasets=["demo", {"dataset": "lfw", "parameters": {"root": str(tmp_path / "nowhere")}}])
     markers = tmp_path / "markers"
     markers.mkdir()
     lines = []
     status = run_grid(grid, executor=executor(task=flaky(markers)), log=lines.append)
     by_name = {c["name"]: c for c in status["cells"]}
     assert by_name["dlib__demo"]["status"] == "complete"  # failed once, then succeeded
-    assert by_name["dlib__dmeo"]["status"] == "failed"
-    assert "Did you mean 'demo'" in by_name["dlib__dmeo"]["error"]  # the second attempt's real error
+    assert by_name["dlib__lfw"]["status"] == "failed"
+    assert "nowhere/lfw does not exist" in by_name["dlib__lfw"]["error"]  # the second attempt's real error
     retries = [line for line in lines if "retrying" in line]
     assert len(retries) == 2 and all("flaky worker" in line for line in retries)  # one retry per cell, no more
     assert len(stored(open_run("dlib", "demo", out=tmp_path / "results", limit=6).store.db_path)) == 6
-    # The failed cell has a page saying so, and the report treats it as the local executor's failures.
-    page = nbformat.read(tmp_path / "book" / "runs" / "dlib__dmeo.ipynb", as_version=4)
-    assert page.metadata.papermill.exception is True and page.cells[0].source.startswith("# dlib on dmeo")
-    assert any(o.get("ename") == "UnknownNameError" for c in page.cells for o in c.get("outputs", []))
+    # The failed cell has the page the local executor writes for a failed cell.
+    page = nbformat.read(tmp_path / "book" / "runs" / "dlib__lfw.ipynb", as_version=4)
+    assert page.metadata.papermill.exception is True and page.cells[0].source == "# dlib on lfw"
+    assert "Scoring failed" in page.cells[1].source and "DatasetError" in page.cells[2].source
     results = collect(grid).set_index("cell")
-    assert results.loc["dlib__dmeo", "status"] == "failed"
+    assert results.loc["dlib__lfw", "status"] == "failed"
     assert results.loc["dlib__demo", "status"] == "complete" and results.loc["dlib__demo", "n_pairs"] == 6
 
 

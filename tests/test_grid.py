@@ -3,10 +3,13 @@ import json
 import nbformat
 import pytest
 
-from facebench.grid import STATUS_FILE, load_grid, run_grid
+from facebench.grid import STATUS_FILE, load_grid, notebook_state, run_grid, toc
+from facebench.models import ModelSpec
 from facebench.report import collect, main_table
 
 from conftest import ROOT, copy_book_sources, write_grid
+
+QUIET = dict(log=lambda *_: None)
 
 
 def test_cells_are_named_model__dataset_with_merged_parameters(tmp_path):
@@ -20,64 +23,124 @@ def test_cells_are_named_model__dataset_with_merged_parameters(tmp_path):
     assert cells[1]["parameters"]["batch_size"] == 2
 
 
-def test_grid_file_errors_name_the_file_and_key(tmp_path):
+def test_a_grid_names_its_book_and_pages_after_itself(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "mine.yaml", base=str(tmp_path), name=None, book=None))
+    assert grid["name"] == "mine" and grid["book"] == tmp_path / "studies" / "mine"
+    assert grid["runs_dir"] == tmp_path / "studies" / "mine" / "book" / "runs"
+    assert [s["output"] for s in grid["summaries"]][0] == tmp_path / "studies" / "mine" / "book" / "results.ipynb"
+    demo = load_grid(ROOT / "grids" / "demo.yaml")
+    assert demo["book"] == ROOT and (ROOT / "_toc.yml").read_text() == toc(demo)  # the checkout's toc is the demo's
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"paramters": {"limit": 4}}, r"g\.yaml: unknown top-level key\(s\) 'paramters' \(did you mean 'parameters'\?\)"),
+    ({"parameters": {"batch_sise": 4}}, r"g\.yaml: parameters: unknown key\(s\) 'batch_sise' .*'batch_size'"),
+    ({"models": [{"model": "dlib", "parameters": {"settings": {"num_jiters": 1}}}]},
+     r"g\.yaml: model 'dlib': unknown setting\(s\) \['num_jiters'\]"),
+    ({"models": ["dlbi"]}, r"g\.yaml: unknown model 'dlbi'\. Did you mean 'dlib'"),
+    ({"datasets": ["dmeo"]}, r"g\.yaml: unknown dataset 'dmeo'\. Did you mean 'demo'"),
+    ({"datasets": ["../demo"]}, r"g\.yaml: dataset '\.\./demo' must be a plain name"),
+    ({"models": [{"model": "dlib", "label": "../../etc/x"}]}, r"g\.yaml: label '\.\./\.\./etc/x' must be a plain name"),
+    ({"models": [{"model": "dlib", "label": "a/b"}]}, r"label 'a/b' must be a plain name"),
+    ({"name": "x/..", "models": ["dlib"]}, r"g\.yaml: name 'x/\.\.' must be a plain name"),
+    ({"headline": {"fr": "arcface-r50"}}, r"headline fr: 'arcface-r50' is not one of the grid's model labels"),
+    ({"summaries": [{"notebook": "notebooks/results.md", "output": "x.ipynb"}]}, r"a summaries entry is"),
+])
+def test_bad_grid_files_are_refused_before_any_cell_runs(tmp_path, changes, message):
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "g.yaml", **changes)
+    with pytest.raises(ValueError, match=message):
+        run_grid(grid, **QUIET)
+    assert not (project / "book" / "runs").exists() and not (project / "results").exists()
+
+
+def test_a_missing_key_names_the_file_and_key(tmp_path):
     grid = tmp_path / "g.yaml"
-    grid.write_text("notebook: x.md\noutput_dir: out\nmodels: [dlib]\n")
+    grid.write_text("notebook: x.md\nmodels: [dlib]\n")
     with pytest.raises(ValueError, match=r"g\.yaml.*'datasets'"):
         load_grid(grid)
 
 
-def test_unknown_parameter_fails_before_any_cell_runs(tmp_path):
-    project = copy_book_sources(tmp_path)
-    grid = write_grid(project / "grids" / "typo.yaml", parameters={"batch_sise": 4})
-    with pytest.raises(ValueError, match=r"evaluate\.md.*batch_sise.*declares"):
-        run_grid(grid, log=lambda *_: None)
-    assert not (project / "book" / "runs").exists()
-
-
-def test_demo_grid_executes_the_notebook(demo_project):
+def test_demo_grid_scores_then_renders_every_page(demo_project):
     project, status = demo_project
     by_name = {c["name"]: c["status"] for c in status["cells"]}
     assert by_name.pop("arcface-r50__demo") == "not available"  # its weights file is not in the checkout
     assert set(by_name.values()) == {"complete"} and "negative-control-fr__demo" in by_name
-    nb = nbformat.read(project / "book" / "runs" / "negative-control-fr__demo.ipynb", as_version=4)
+    runs = project / "book" / "runs"
+    nb = nbformat.read(runs / "negative-control-fr__demo.ipynb", as_version=4)
     assert nb.cells[0].source.startswith("# negative-control (prompt=fr-ouinon) on demo")
     assert not any("injected-parameters" in c.metadata.get("tags", []) and "remove-cell" not in c.metadata["tags"]
                    for c in nb.cells)  # papermill's cell of machine paths stays off the page
-    nb = nbformat.read(project / "book" / "runs" / "dlib__demo.ipynb", as_version=4)
-    assert nb.metadata.papermill.parameters["model"] == "dlib"
-    assert not nb.metadata.papermill.get("exception")
+    nb = nbformat.read(runs / "dlib__demo.ipynb", as_version=4)
+    assert nb.metadata.papermill.parameters["model"] == "dlib" and "batch_size" not in nb.metadata.papermill.parameters
+    assert not nb.metadata.papermill.get("exception") and nb.metadata.facebench.key
     assert nb.cells[0].source.startswith("# dlib on demo")
     assert any(o.get("data", {}).get("image/svg+xml") for c in nb.cells for o in c.get("outputs", []))
+    unavailable = nbformat.read(runs / "arcface-r50__demo.ipynb", as_version=4)  # a page that says why
+    assert "Not available" in unavailable.cells[1].source and "w600k_r50.onnx" in unavailable.cells[1].source
     assert (project / "book" / "results.ipynb").exists()
-    recorded = json.loads((project / "book" / "runs" / STATUS_FILE).read_text())
-    assert recorded["cells"][0]["status"] == "complete"
+    assert (project / "_toc.yml").read_text() == toc(load_grid(project / "grids" / "demo.yaml"))
+    recorded = json.loads((runs / STATUS_FILE).read_text())
+    assert recorded["cells"][0]["status"] == "complete" and "finished" in recorded
 
 
-def test_complete_cells_are_skipped_unless_forced(demo_project):
+def test_fresh_pages_are_skipped_and_nothing_is_scored_again(demo_project, monkeypatch):
     project, _ = demo_project
     grid = project / "grids" / "demo.yaml"
     notebook = project / "book" / "runs" / "dlib__demo.ipynb"
     before = notebook.stat().st_mtime_ns
+    monkeypatch.setattr(ModelSpec, "load", lambda self: pytest.fail(f"{self.spec} was loaded"))
     lines = []
     run_grid(grid, log=lines.append)
-    assert any("skipped" in line for line in lines)
+    assert any("dlib__demo: page is fresh, skipped" in line for line in lines)
+    assert not [line for line in lines if "rendering" in line]
     assert notebook.stat().st_mtime_ns == before
 
 
-def test_failing_cell_is_recorded_and_others_still_run(tmp_path):
+def test_a_changed_run_or_template_renders_the_page_again(tmp_path):
     project = copy_book_sources(tmp_path)
-    grid = write_grid(project / "grids" / "mixed.yaml", parameters={"limit": 6}, datasets=["dmeo", "demo"])
-    status = run_grid(grid, log=lambda *_: None)
+    grid = write_grid(project / "grids" / "g.yaml", parameters={"limit": 6}, summaries=[])
+    run_grid(grid, **QUIET)
+    page = project / "book" / "runs" / "dlib__demo.ipynb"
+    key = notebook_state(page)["key"]
+
+    lines = []
+    run_grid(grid, log=lines.append)
+    assert any("page is fresh" in line for line in lines) and notebook_state(page)["key"] == key
+
+    template = project / "notebooks" / "evaluate.md"
+    template.write_text(template.read_text() + "\nA sentence added to the template.\n")
+    lines.clear()
+    run_grid(grid, log=lines.append)
+    assert any("dlib__demo: rendering" in line for line in lines)
+    assert "A sentence added to the template." in page.read_text() and notebook_state(page)["key"] != key
+
+    # The run changes (here: more pairs, as a later `facebench evaluate` stores them).
+    key = notebook_state(page)["key"]
+    write_grid(grid, parameters={"limit": 12}, summaries=[])
+    lines.clear()
+    run_grid(grid, log=lines.append)
+    assert any("dlib__demo: rendering" in line for line in lines) and notebook_state(page)["key"] != key
+
+
+def test_a_cell_whose_scoring_fails_gets_a_failed_page_and_the_others_still_run(tmp_path):
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "mixed.yaml", parameters={"limit": 6}, summaries=[],
+                      datasets=[{"dataset": "lfw", "parameters": {"root": str(tmp_path / "nowhere")}}, "demo"])
+    status = run_grid(grid, **QUIET)
     by_name = {c["name"]: c for c in status["cells"]}
     assert by_name["dlib__demo"]["status"] == "complete"
-    assert by_name["dlib__dmeo"]["status"] == "failed"
-    assert "demo" in by_name["dlib__dmeo"]["error"]  # the error suggests the right name
+    assert by_name["dlib__lfw"]["status"] == "failed"
+    assert "nowhere/lfw does not exist" in by_name["dlib__lfw"]["error"]
+    page = nbformat.read(project / "book" / "runs" / "dlib__lfw.ipynb", as_version=4)
+    assert page.metadata.papermill.exception is True and page.metadata.facebench.status == "failed"
+    assert page.cells[0].source == "# dlib on lfw" and "Scoring failed" in page.cells[1].source
+    assert "DatasetError" in page.cells[2].source  # the traceback
     results = collect(grid).set_index("cell")
-    assert results.loc["dlib__dmeo", "status"] == "failed"
+    assert results.loc["dlib__lfw", "status"] == "failed"
     assert results.loc["dlib__demo", "n_pairs"] == 6
     table = main_table(results.reset_index())
-    assert table.loc["dlib", "dmeo"] == "failed"
+    assert table.loc["dlib", "lfw"] == "failed"
 
 
 def test_model_this_machine_cannot_run_is_recorded_as_not_available(tmp_path, monkeypatch):
@@ -86,20 +149,12 @@ def test_model_this_machine_cannot_run_is_recorded_as_not_available(tmp_path, mo
     project = copy_book_sources(tmp_path)
     grid = write_grid(project / "grids" / "g.yaml", summaries=[])
     monkeypatch.setattr(DlibResNet, "unavailable", classmethod(lambda cls, s: "place FILE under data/models/"))
-    status = run_grid(grid, log=lambda *_: None)
+    status = run_grid(grid, **QUIET)
     assert status["cells"][0]["status"] == "not available"
-    assert not (project / "book" / "runs" / "dlib__demo.ipynb").exists()
+    assert notebook_state(project / "book" / "runs" / "dlib__demo.ipynb")["status"] == "not available"
     results = collect(grid).set_index("cell")
     assert results.loc["dlib__demo", "status"] == "not available"
     assert results.loc["dlib__demo", "error"] == "place FILE under data/models/"
-
-
-def test_unknown_model_fails_before_any_cell_runs(tmp_path):
-    project = copy_book_sources(tmp_path)
-    grid = write_grid(project / "grids" / "g.yaml", models=["dlib", "dlbi"])
-    with pytest.raises(ValueError, match="dlbi.*Did you mean 'dlib'"):
-        run_grid(grid, log=lambda *_: None)
-    assert not (project / "book" / "runs").exists()
 
 
 def test_labelled_entries_name_their_cells_and_may_keep_to_some_datasets(tmp_path):
@@ -113,3 +168,14 @@ def test_labelled_entries_name_their_cells_and_may_keep_to_some_datasets(tmp_pat
         load_grid(write_grid(tmp_path / "dup.yaml", models=["dlib", {"model": "dlib", "parameters": {}}]))
     with pytest.raises(ValueError, match=r"lists datasets \['cfp'\]"):
         load_grid(write_grid(tmp_path / "bad.yaml", models=[{"model": "dlib", "label": "x", "datasets": ["cfp"]}]))
+
+
+def test_the_toc_lists_every_page_grouped_by_dataset_in_grid_order(tmp_path):
+    grid = load_grid(write_grid(tmp_path / "g.yaml", base=str(ROOT), datasets=["lfw", "demo"],
+                                models=["negative-control", "dlib"]))
+    text = toc(grid)
+    order = ["book/runs/lfw\n", "book/runs/negative-control__lfw", "book/runs/dlib__lfw", "book/runs/demo\n",
+             "book/runs/negative-control__demo", "book/runs/dlib__demo"]
+    positions = [text.index(f"file: {entry}") for entry in order]
+    assert positions == sorted(positions)
+    assert "glob" not in text

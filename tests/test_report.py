@@ -233,3 +233,30 @@ def test_variant_cells_keep_their_labels_in_the_tables(demo_project):
     assert done.loc["negative-control-fr__demo", "base_model"] == "negative-control"
     models = tar_at_far_table(results).index.get_level_values("Model")
     assert "negative-control-zh" in models and models.is_unique
+
+
+def test_a_run_page_on_an_unscored_run_says_0_of_n(tmp_path, demo):
+    import facebench
+
+    run = facebench.open_run("dlib", demo, out=tmp_path)
+    m = report.run_metrics(run)
+    assert m == {"n_scored": 0, "n_total": 54}
+    assert report.metrics_table(m).loc["Pairs scored", "Value"] == "0 of 54"
+    assert report.roc_figure([run]) is None and report.score_distribution_figure(run) is None
+    assert not (tmp_path / "dlib").exists()  # opening a run writes nothing
+
+
+def test_the_headline_names_roles_from_any_grid(tmp_path, demo):
+    from conftest import ROOT, write_grid
+
+    fr = make_run(tmp_path, demo, "fr-model", synthetic_scores(demo, seed=1, gap=3))
+    mllm = make_run(tmp_path, demo, "mllm-model", synthetic_scores(demo, seed=2, gap=1),
+                    decisions=np.ones(len(demo.pairs)))
+    results = report.results_from_runs([fr, mllm]).assign(kind=["FR", "MLLM"], role=[None, None])
+    grid = write_grid(tmp_path / "g.yaml", base=str(ROOT), name="mine")
+    text = report.headline(results, grid).data
+    assert "study <strong>mine</strong>" in text and "<strong>fr-model</strong>" in text
+    assert f"{fr.metrics()['accuracy_mean']:.1%}" in text and "<strong>mllm-model</strong>" in text
+    assert "negative control" not in text  # no control in this grid: none is invented
+    fr_only = report.headline(results.iloc[:1], grid).data
+    assert "No MLLM (other than a control) of this grid is complete on demo" in fr_only

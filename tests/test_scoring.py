@@ -277,3 +277,25 @@ def test_get_scorer_scores_pil_pairs_like_evaluate(baseline):
     assert pid[("obama_1", "obama_2")] == 0
     assert scores[0] == pytest.approx(baseline["by_id"][0][1], abs=1e-6)
     assert scores[2] == pytest.approx(baseline["by_id"][pid[("biden", "obama_2")]][1], abs=1e-6)
+
+
+def test_a_runtime_only_setting_keeps_the_run_and_is_recorded(tmp_path):
+    """Raising the api: backend's concurrency or timeout resumes the same run; a prompt is another run."""
+    from facebench.scoring import run_store
+
+    spec = "api:some-model@http://127.0.0.1:9/v1"
+    default = run_store(spec, "demo", out=tmp_path)
+    assert run_store(spec, "demo", out=tmp_path, settings={"concurrency": 32, "timeout": 600, "max_retries": 9}).dir \
+        == default.dir
+    assert run_store(spec, "demo", out=tmp_path, settings={"prompt": "fr-ouinon"}).dir != default.dir
+    assert models.resolve(spec, {"concurrency": 32}).runtime_settings()["concurrency"] == 32
+    assert "concurrency" not in models.resolve(spec).identity()["settings"]
+
+
+def test_a_finished_run_is_left_as_it_was(tmp_path, baseline):
+    """Evaluating a run with nothing pending rewrites no manifest, so its pages stay fresh."""
+    shutil.copytree(baseline["out"], tmp_path / "out")
+    run = open_run("dlib", "demo", out=tmp_path / "out")
+    before = (run.store.manifest_path.read_bytes(), run.store.manifest_path.stat().st_mtime_ns)
+    evaluate("dlib", "demo", out=tmp_path / "out")
+    assert (run.store.manifest_path.read_bytes(), run.store.manifest_path.stat().st_mtime_ns) == before

@@ -139,7 +139,7 @@ class HFVisionLanguage(PairVerifier):
 
     @classmethod
     def identity(cls, settings: dict) -> dict:
-        return {"prompt": load_prompt(settings.get("prompt", DEFAULT_PROMPT)).identity}
+        return {"prompt_template": load_prompt(settings.get("prompt", DEFAULT_PROMPT)).identity}
 
     @classmethod
     def unavailable(cls, settings: dict) -> str | None:

@@ -129,6 +129,7 @@ class OpenAIChat(PairVerifier):
     """
 
     requires = ()
+    runtime = frozenset({"concurrency", "timeout", "max_retries", "api_key_env"})
 
     def __init__(self, *, model: str, prompt: str = DEFAULT_PROMPT, max_tokens: int = 8, top_logprobs: int = 20,
                  concurrency: int = 4, timeout: float = 120.0, max_retries: int = 5,
@@ -141,7 +142,7 @@ class OpenAIChat(PairVerifier):
 
     @classmethod
     def identity(cls, settings: dict) -> dict:
-        return {"prompt": load_prompt(settings.get("prompt", DEFAULT_PROMPT)).identity}
+        return {"prompt_template": load_prompt(settings.get("prompt", DEFAULT_PROMPT)).identity}
 
     @classmethod
     def unavailable(cls, settings: dict) -> str | None:
