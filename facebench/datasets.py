@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -26,6 +27,7 @@ import pandas as pd
 import yaml
 from PIL import Image
 
+from facebench.files import read_regular
 from facebench.paths import DEMO_DIR, MANIFESTS_DIR, data_root
 from facebench.registry import Registry
 
@@ -43,6 +45,24 @@ class DatasetError(ValueError):
     """A dataset that cannot be used as it is; the message names the file or pair."""
 
 
+# Face crops and photos in these sets are well under these limits; a larger image is hostile or a mistake.
+MAX_SIDE = 2048  # pixels on the long side: larger images are downscaled to it before any model sees them
+MAX_PIXELS = 64_000_000  # pixels decoded at most (a JPEG counts at the reduced scale it is decoded at)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """``image`` as 8-bit RGB, with 16-bit and float images scaled rather than clipped."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        high = 1.0 if image.mode == "F" else 65535.0
+        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > high:
+            reads = "float images in 0–1" if high == 1 else "integer images in 0–65535"
+            raise ValueError(f"a {image.mode} image with values from {values.min():g} to {values.max():g}: "
+                             f"facebench reads {reads}")
+        image = Image.fromarray(np.rint(values * (255.0 / high)).astype(np.uint8))
+    return image.convert("RGB")
+
+
 class ImageSource:
     """Decode images by key on first use, keeping the most recent ones in memory.
 
@@ -50,18 +70,28 @@ class ImageSource:
     image lives, for error messages; ``landmarks(key)``, where the dataset ships
     them, gives the face's 5 points (eyes, nose, mouth corners) as a (5, 2)
     array in the image's pixel coordinates, else None; ``exists(key)`` is a
-    cheap presence test (a file's existence), by default a successful read.
+    cheap presence test (a file's existence), by default a successful read;
+    ``path(key)``, for images stored as files, is the file (None otherwise).
+    Each may raise :class:`DatasetError` for a key it refuses (e.g. a path
+    leading out of the dataset).
     """
 
     def __init__(self, read: Callable[[str], bytes], describe: Callable[[str], str], *,
                  landmarks: Callable[[str], np.ndarray | None] | None = None,
-                 exists: Callable[[str], bool] | None = None, cache_size: int = 256):
+                 exists: Callable[[str], bool] | None = None, path: Callable[[str], Path] | None = None,
+                 cache_size: int = 256):
         self._read, self.describe, self._cache_size = read, describe, cache_size
-        self._landmarks, self._exists = landmarks, exists
+        self._landmarks, self._exists, self._path = landmarks, exists, path
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+        self._scale: dict[str, tuple[float, float]] = {}  # key → (x, y) factor, for images :meth:`load` downscaled
 
     def landmarks(self, key: str) -> np.ndarray | None:
-        return self._landmarks(key) if self._landmarks else None
+        """The face's 5 points, in the coordinates of the image :meth:`load` returns."""
+        points = self._landmarks(key) if self._landmarks else None
+        return points * np.array(self._scale[key]) if points is not None and key in self._scale else points
+
+    def path(self, key: str) -> Path | None:
+        return self._path(key) if self._path else None
 
     def exists(self, key: str) -> bool:
         if self._exists is not None:
@@ -76,16 +106,38 @@ class ImageSource:
         return self._read(key)
 
     def load(self, key: str) -> Image.Image:
-        """The image as RGB; a missing or undecodable file raises :class:`DatasetError`."""
+        """The image as 8-bit RGB, at most :data:`MAX_SIDE` pixels on its long side.
+
+        16-bit images (and 32-bit integer ones holding 0–65535) are scaled from
+        0–65535, float images from 0–1. A larger image is downscaled (a JPEG
+        while it is decoded, so it never takes its full size in memory), and
+        its landmarks with it; one that would take more than :data:`MAX_PIXELS`
+        to decode is refused. A missing, non-regular, undecodable or refused
+        file raises :class:`DatasetError` naming it.
+        """
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
         try:
-            image = Image.open(io.BytesIO(self._read(key)))
+            with warnings.catch_warnings():  # PIL's own bomb warning; the limit below is facebench's
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(self._read(key)))
+            full = image.size
+            if image.format == "JPEG" and max(full) > MAX_SIDE:
+                image.draft("RGB", (MAX_SIDE, MAX_SIDE))  # decode at 1/2, 1/4 or 1/8 scale
+            if image.size[0] * image.size[1] > MAX_PIXELS:
+                raise ValueError(f"{full[0]}×{full[1]} pixels is more than facebench decodes "
+                                 f"({MAX_PIXELS // 10**6} megapixels); downscale it")
             image.load()  # decode now: a truncated file fails here, not later
-        except (OSError, SyntaxError, ValueError) as exc:
+            image = _rgb(image)
+        except DatasetError:  # the source refused the key; it says why
+            raise
+        except Exception as exc:  # noqa: BLE001 - a decoder fed a hostile file fails in many ways
             raise DatasetError(f"cannot read image {self.describe(key)}: {exc}") from exc
-        image = image.convert("RGB")
+        if max(image.size) > MAX_SIDE:
+            image.thumbnail((MAX_SIDE, MAX_SIDE), Image.Resampling.LANCZOS)
+        if image.size != full:
+            self._scale[key] = (image.size[0] / full[0], image.size[1] / full[1])
         self._cache[key] = image
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -213,7 +265,7 @@ def load_demo(root: Path | None = None, *, folder: Path = DEMO_DIR, doc: dict | 
         raise DatasetError(f"{MANIFESTS_DIR / 'demo.yaml'}: pairs use image ids not listed under images: {sorted(unknown)}")
     pairs = pd.DataFrame(rows)
     hashes = {im["id"]: im["sha256"] for im in doc["images"]}
-    images = ImageSource(lambda k: (folder / files[k]).read_bytes(), lambda k: str(folder / files[k]),
+    images = ImageSource(lambda k: read_regular(folder / files[k]), lambda k: str(folder / files[k]),
                          exists=lambda k: (folder / files[k]).is_file())
     info = {"full_name": doc["full_name"], "expected_pairs": doc["expected_pairs"], "n_folds_expected": doc["n_folds"],
             "layout": "facebench demo (PNG crops + manifest)", "location": str(folder),

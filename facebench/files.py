@@ -1,4 +1,4 @@
-"""Files on disk: the sha256 of a file, and JSON written atomically.
+"""Files on disk: regular files read, the sha256 of a file, and JSON written atomically.
 
 Every checksum facebench takes of a file (data pins, published list files,
 model weights, the demo's crops) and every JSON document it writes for others
@@ -6,11 +6,14 @@ to read (run manifests, lock files, grid status) goes through here.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK_SIZE = 1 << 20  # 1 MiB: a file is hashed in pieces, never read whole into memory
 
@@ -43,10 +46,51 @@ def file_sha256(path: str | os.PathLike) -> str:
     '2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824'
     """
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         for chunk in iter(lambda: f.read(CHUNK_SIZE), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for binary reading if it is a regular file (symlinks followed).
+
+    A FIFO would block the reader forever and a device such as ``/dev/zero``
+    never ends, so anything but a regular file is refused; the check is made
+    on the opened file (non-blocking, so a FIFO without a writer does not hang),
+    not on the name, so the file cannot be swapped in between.
+
+    Raises
+    ------
+    OSError
+        Where ``path`` is missing, unreadable or not a regular file; the message names it.
+
+    Examples
+    --------
+    >>> open_regular("/dev/zero")
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 22] not a regular file (a character device): '/dev/zero'
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a FIFO", stat.S_ISCHR: "a character device",
+                     stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+            kind = next((k for test, k in kinds.items() if test(mode)), "special")
+            raise OSError(errno.EINVAL, f"not a regular file ({kind})", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`)."""
+    with open_regular(path) as f:
+        return f.read()
 
 
 def write_json_atomic(path: Path, doc: dict) -> None:

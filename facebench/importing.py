@@ -93,7 +93,7 @@ def import_results(path, *, model: str, dataset, root=None, out=None, settings: 
     # import leaves no run behind for a grid or a later import to trip over.
     new = next((p for p in reversed([store.dir, *store.dir.parents]) if not p.exists()), None)
     try:
-        store.write(rows)
+        store.write(rows, run.full_dataset.checksum)
         store.write_manifest({**run_manifest(run), "versions": versions(), "git": git_state(), "status": "complete",
                               "updated": now(), "imported": {"file": str(path), "sha256": file_sha256(path),
                                                              "format": fmt, "rows": len(rows), "imported_at": now()}})

@@ -151,10 +151,14 @@ def dataset_files(ds: Dataset, *, images: bool = True) -> dict[str, Path]:
     location = ds.info.get("location")
     if not location:
         return {}
-    rels = list(ds.info.get("protocol_files") or [])
-    if images and ds.info.get("image_files"):
-        rels += ds.image_keys()
-    return {rel: Path(location) / rel for rel in dict.fromkeys(rels)}
+    files = {rel: Path(location) / rel for rel in ds.info.get("protocol_files") or []}
+    for key in ds.image_keys() if images and ds.info.get("image_files") else []:
+        try:
+            ds.images.path(key)
+        except DatasetError:  # leads out of the dataset: refused where images are read, never hashed
+            continue
+        files.setdefault(key, Path(location) / key)
+    return files
 
 
 def _read_lock(path: Path) -> dict:
@@ -164,7 +168,12 @@ def _read_lock(path: Path) -> dict:
         doc = json.loads(path.read_text())
     except (ValueError, OSError) as exc:
         raise DatasetError(f"{path}: unreadable lock file ({exc}); move it away and pin again") from exc
-    return doc if isinstance(doc, dict) else {}
+    entries = doc.get("datasets", {}) if isinstance(doc, dict) else None
+    if not (isinstance(entries, dict) and all(isinstance(e, dict) and isinstance(e.get("files", {}), dict)
+                                              for e in entries.values())):
+        raise DatasetError(f'{path}: not a facebench lock file ({{"datasets": {{NAME: {{"files": {{...}}}}}}}}); '
+                           "move it away and pin again")
+    return doc
 
 
 def pin_dataset(ds: Dataset, root=None) -> str:
@@ -242,8 +251,13 @@ def preflight(dataset: str | Dataset, root=None) -> Dataset:
     errors = dataset.checksum_errors()
     if errors:
         raise fail("manifest checksum", "; ".join(errors))
-    keys = dataset.image_keys()
-    missing = [k for k in keys if not dataset.images.exists(k)]
+    keys, missing = dataset.image_keys(), []
+    for key in keys:
+        try:
+            if not dataset.images.exists(key):
+                missing.append(key)
+        except DatasetError as exc:  # e.g. a path leading out of the dataset
+            raise fail("image files", f"{exc}; used by pairs {pairs_by_image(dataset.pairs)[key][:5]}") from exc
     if missing:
         used_by = pairs_by_image(dataset.pairs)
         shown = "; ".join(f"{dataset.images.describe(k)} (pairs {used_by[k][:5]})" for k in missing[:5])

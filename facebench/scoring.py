@@ -14,6 +14,7 @@ from PIL import Image
 
 from facebench import models
 from facebench.datasets import Dataset, DatasetError, load_dataset
+from facebench.extraction import answer_text, is_refusal
 from facebench.integrity import preflight
 from facebench.metrics import verification_report
 from facebench.paths import DEFAULT_RESULTS_DIR
@@ -59,8 +60,12 @@ class Run:
         if t["raw_output"].fillna("").str.contains('"score_from": "decision"', regex=False).any():
             report["flags"].append("the server returned no log-probs, so scores are the model's yes/no "
                                    "decisions: ROC, EER and k-fold accuracy rest on hard decisions")
+        answers = t["raw_output"].map(answer_text)
+        if decides and answers.notna().any():  # MLLM answers: refusals apart from other invalid answers
+            refused = int((t["decision"].eq(-1) & answers.map(is_refusal)).sum())
+            report |= {"n_refusals": refused, "refusal_rate": refused / len(t)}
         return {"dataset": self.dataset.name, "model": self.model, **report,
-                "n_errors": int(t["error"].notna().sum()), "complete": len(t) == len(self.table),
+                "n_errors": int(t["error"].notna().sum()), "complete": 0 < len(t) == len(self.table),
                 "run_dir": str(self.store.dir)}
 
 
@@ -145,11 +150,14 @@ def run_manifest(run: Run) -> dict:
 
 
 def check_dataset_identity(run: Run) -> None:
-    """Refuse a run whose stored results were made on other data than its dataset now holds."""
-    docs = [run.store.read_manifest()]
-    if isinstance(run.store, ShardStore):
-        docs.append(run.store.parent.read_manifest())
-    for doc in docs:
+    """Refuse a run whose stored results were made on other data than its dataset now holds:
+    by the checksum its manifests record and the one its results files record (which every write
+    checks again, see :meth:`~facebench.store.RunStore.write`)."""
+    stores = [run.store] + ([run.store.parent] if isinstance(run.store, ShardStore) or run.dataset.info.get("shard")
+                            else [])
+    for store in stores:
+        store.check_dataset(run.full_dataset.checksum)
+    for doc in (store.read_manifest() for store in stores):
         if doc and doc.get("dataset_checksum") != run.full_dataset.checksum:
             raise RunError(
                 f"{run.store.dir} holds results for {run.full_dataset.name} with checksum "
@@ -188,7 +196,7 @@ def evaluate(model: str, dataset: str | Dataset, *, root=None, limit: int | None
     check_dataset_identity(run)
     full, store = run.full_dataset, run.store
     previous = store.read_manifest()
-    merged = {} if shard else store.merge_shards()
+    merged = {} if shard else store.merge_shards(full.checksum)
     pending = run.dataset.pairs[~run.dataset.pairs["pair_id"].isin(store.done_ids())]
     manifest = {**_shared_fields(merged), **previous, **run_manifest(run)}
     target = full.pairs if shard is None else shard_pairs(full, shard).pairs
@@ -198,13 +206,16 @@ def evaluate(model: str, dataset: str | Dataset, *, root=None, limit: int | None
         verifier = verifier or run.spec.load()
         manifest.update(verifier.info())
         # Versions and commit are those of the process that scored.
-        manifest.update(versions=versions(), git=git_state(), status="running", updated=now())
+        # The status is what the rows say, never "running": a process killed now leaves nothing stale.
+        done = len(store.done_ids() & set(target["pair_id"]))
+        manifest.update(versions=versions(), git=git_state(), status=status_of(done, len(target)), updated=now())
         store.write_manifest(manifest)
-        _score(verifier, run.dataset, pending, store, batch_size=batch_size, progress=progress)
+        _score(verifier, run.dataset, pending, store, batch_size=batch_size, progress=progress,
+               dataset_checksum=full.checksum)
     manifest.setdefault("versions", versions())
     manifest.setdefault("git", git_state())
     done = len(store.done_ids() & set(target["pair_id"]))
-    manifest["status"] = "complete" if done >= len(target) else f"partial ({done} of {len(target)} pairs)"
+    manifest["status"] = status_of(done, len(target))
     if merged:
         # Per shard, what differs from the run as a whole (shard, host, status, versions, device).
         shards = {name: {k: v for k, v in doc.items() if k in ("shard", "status", "updated") or manifest.get(k) != v}
@@ -227,8 +238,17 @@ def _jsonable(info: dict) -> dict:
     return json.loads(json.dumps(info, default=str))
 
 
+def status_of(done: int, wanted: int) -> str:
+    """A run's status from its stored rows: ``done`` of the ``wanted`` pairs are scored.
+
+    >>> status_of(54, 54), status_of(3, 54), status_of(0, 0)
+    ('complete', 'partial (3 of 54 pairs)', 'partial (0 of 0 pairs)')
+    """
+    return "complete" if 0 < wanted <= done else f"partial ({done} of {wanted} pairs)"
+
+
 def _score(verifier, ds: Dataset, pending: pd.DataFrame, store: RunStore, *, batch_size: int,
-           progress: bool) -> None:
+           progress: bool, dataset_checksum: str) -> None:
     bar = progress_bar(total=len(pending), desc=f"{ds.name}", unit="pair", **({} if progress else {"disable": True}))
     cache: dict[str, tuple[np.ndarray | None, str]] = {}  # image key → (embedding or None, note or error)
     for start in range(0, len(pending), batch_size):
@@ -239,7 +259,7 @@ def _score(verifier, ds: Dataset, pending: pd.DataFrame, store: RunStore, *, bat
         else:
             rows = _pair_rows(verifier, ds, batch)
         seconds = (time.perf_counter() - t0) / len(batch)
-        store.write([{**r, "seconds": seconds} for r in rows])
+        store.write([{**r, "seconds": seconds} for r in rows], dataset_checksum)
         bar.update(len(batch))
     bar.close()
 
@@ -278,8 +298,16 @@ def _embedding_rows(verifier, ds, batch, cache, batch_size) -> list[dict]:
 
 
 def _pair_rows(verifier, ds, batch) -> list[dict]:
-    images = [(ds.images.load(a), ds.images.load(b)) for a, b in batch[["image_a", "image_b"]].to_numpy()]
-    return [{"pair_id": pid, **out} for pid, out in zip(batch["pair_id"], verifier.score_pairs(images))]
+    # A pair with an image that cannot be read is stored with that error (it names the file); the rest are scored.
+    rows, ready = {}, {}
+    for pid, a, b in batch[["pair_id", "image_a", "image_b"]].itertuples(index=False):
+        try:
+            ready[pid] = (ds.images.load(a), ds.images.load(b))
+        except DatasetError as exc:
+            rows[pid] = {"pair_id": pid, "error": str(exc)}
+    if ready:
+        rows |= {pid: {"pair_id": pid, **out} for pid, out in zip(ready, verifier.score_pairs(list(ready.values())))}
+    return [rows[pid] for pid in batch["pair_id"]]
 
 
 class Scorer:

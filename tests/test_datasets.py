@@ -1,9 +1,15 @@
 """The dataset layer: the demo set's pairs table, lazy image decoding, checksums and broken files, subsets,
 pair-table validation, the demo's pair recipe and the `datasets` listing."""
 import functools
+import io
 import itertools
+import os
+import subprocess
+import sys
+import zlib
 from collections import Counter
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -17,6 +23,7 @@ from facebench.datasets import (
     PAIR_COLUMNS,
     Dataset,
     DatasetError,
+    ImageSource,
     load_dataset,
     load_demo,
     validate_pairs,
@@ -24,7 +31,7 @@ from facebench.datasets import (
 from facebench.integrity import check_dataset
 from facebench.paths import MANIFESTS_DIR
 
-from conftest import copy_demo
+from conftest import ROOT, copy_demo
 
 DEMO_MANIFEST = MANIFESTS_DIR / "demo.yaml"
 
@@ -340,12 +347,65 @@ def test_make_pairs_is_deterministic_and_complete():
     assert pairs == sorted(pairs, key=lambda p: (p[0], not p[3]))
 
 
+def demo_looks(demo_doc):
+    """Each demo crop's look, read from its pixels: grayscale when its three channels are equal."""
+    from facebench.paths import DEMO_DIR
+
+    looks = {}
+    for im in demo_doc["images"]:
+        rgb = np.asarray(Image.open(DEMO_DIR / im["file"]).convert("RGB")).astype(int)
+        looks[im["id"]] = "grayscale" if not np.abs(np.diff(rgb, axis=2)).any() else "colour"
+    return looks
+
+
 def test_make_pairs_reproduces_the_demo_manifest(demo_doc):
     recipe = yaml.safe_load((MANIFESTS_DIR / "demo_recipe.yaml").read_text())
     identities = {im["id"]: im["identity"] for im in demo_doc["images"]}
+    looks = demo_looks(demo_doc)
+    assert looks == {im["id"]: im["look"] for im in demo_doc["images"]}
     pairs = demo.make_pairs(identities, n_folds=recipe["n_folds"], n_impostor=recipe["n_impostor_pairs"],
-                            seed=recipe["seed"])
+                            seed=recipe["seed"], looks=looks)
     assert pairs == demo_doc["pairs"]
+
+
+def test_make_pairs_matches_the_genuine_pairs_looks():
+    looks = {"a1": "g", "a2": "g", "a3": "g", "b1": "c", "b2": "c", "c1": "g", "d1": "g", "g1": "g", "e1": "c",
+             "f1": "c"}
+    identities = {k: k[0] for k in looks}
+    pairs = demo.make_pairs(identities, n_folds=2, n_impostor=12, seed=1, looks=looks)
+    kinds = Counter((same, tuple(sorted((looks[a], looks[b])))) for _, a, b, same in pairs)
+    # genuine: a's three pairs are grayscale, b's one is colour: 3 to 1, so 9 and 3 impostor pairs, none mixed
+    assert kinds == {(True, ("g", "g")): 3, (True, ("c", "c")): 1, (False, ("g", "g")): 9, (False, ("c", "c")): 3}
+    # 20 impostor pairs would need 15 grayscale ones; a x {c, d, g} and c, d, g among themselves give 12
+    with pytest.raises(ValueError, match=r"needs 15 impostor pairs of two g and g images, but the faces give only 12"):
+        demo.make_pairs(identities, n_folds=2, n_impostor=20, seed=1, looks=looks)
+
+
+@pytest.mark.parametrize("statistic", ["saturation", "both grayscale"])
+def test_no_identity_free_statistic_of_colour_tells_the_demo_pairs_apart(demo_doc, statistic):
+    """A score that knows colour and nothing about faces must stay at chance on the demo pairs,
+    judged two-sided against label shuffles. Under the recipe's old uniform impostor sampling it
+    did not: 6 of the 9 genuine pairs are grayscale Yale lightings."""
+    from facebench.metrics import auc_permutation_test
+    from facebench.paths import DEMO_DIR
+
+    saturation = {im["id"]: np.asarray(Image.open(DEMO_DIR / im["file"]).convert("HSV"))[..., 1].mean()
+                  for im in demo_doc["images"]}
+
+    def score(a, b):
+        if statistic == "saturation":
+            return -abs(saturation[a] - saturation[b])
+        return float(saturation[a] == saturation[b] == 0)
+
+    def judged(pairs):
+        return auc_permutation_test([score(a, b) for _, a, b, _ in pairs], [same for *_, same in pairs])
+
+    assert judged(demo_doc["pairs"])["near_chance"], judged(demo_doc["pairs"])
+    recipe = yaml.safe_load((MANIFESTS_DIR / "demo_recipe.yaml").read_text())
+    uniform = demo.make_pairs({im["id"]: im["identity"] for im in demo_doc["images"]}, n_folds=3,
+                              n_impostor=recipe["n_impostor_pairs"], seed=recipe["seed"])
+    confounded = judged(uniform)
+    assert not confounded["near_chance"] and confounded["auc"] > 0.7, confounded
 
 
 def test_demo_is_built():
@@ -370,3 +430,91 @@ def test_datasets_listing_shows_the_public_sets(tmp_path, capsys):
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line and line[0] != " "}
     assert set(lines) >= {"lfw", "rfw", "calfw", "cplfw", "cfp_ff", "cfp_fp", "agedb_30", "vgg2_fp", "demo"}
     assert "available: 40 pairs, 10 folds" in lines["lfw"] and "not available" in lines["agedb_30"]
+
+
+# ------------------------------------------------------------------ hostile and unusual images
+
+
+def png_header(width: int, height: int, bit_depth: int = 8, colour_type: int = 2, idat: bytes = b"") -> bytes:
+    """A PNG that announces ``width`` × ``height`` pixels; the pixel data (``idat``, compressed) may be absent."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([bit_depth, colour_type, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def source_of(files: dict, **options) -> ImageSource:
+    return ImageSource(lambda k: files[k], lambda k: f"/data/{k}", **options)
+
+
+def test_16_bit_and_float_images_are_scaled_not_clipped():
+    grey16 = np.full((3, 4), 40000, ">u2")  # 40000 of 65535 is 155.6 of 255
+    png16 = png_header(4, 3, 16, 0, zlib.compress(b"".join(b"\x00" + row.tobytes() for row in grey16)))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((3, 4), 0.25, np.float32)).save(buf, format="TIFF")  # mode F
+    pgm16 = b"P5 4 3 65535\n" + np.full((3, 4), 65535, ">u2").tobytes()  # PIL reads it as mode I
+    files = {"png16": png16, "float": buf.getvalue(), "pgm16": pgm16}
+    images = source_of(files)
+    assert Image.open(io.BytesIO(png16)).mode == "I;16" and Image.open(io.BytesIO(pgm16)).mode == "I"
+    for key, value in (("png16", 156), ("float", 64), ("pgm16", 255)):
+        pixels = np.asarray(images.load(key))
+        assert images.load(key).mode == "RGB" and pixels.shape == (3, 4, 3) and (pixels == value).all(), key
+
+
+@pytest.mark.parametrize("values, message", [(np.full((2, 2), 3.0, np.float32), "float images in 0–1"),
+                                             (np.full((2, 2), np.nan, np.float32), "float images in 0–1"),
+                                             (np.full((2, 2), 70000, np.int32), "integer images in 0–65535")])
+def test_images_of_unknown_scale_are_errors_naming_the_file(values, message):
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="TIFF")
+    with pytest.raises(DatasetError, match=f"cannot read image /data/odd.tif: .*{message}"):
+        source_of({"odd.tif": buf.getvalue()}).load("odd.tif")
+
+
+def test_large_jpeg_is_decoded_small_and_its_landmarks_follow(monkeypatch):
+    from facebench import datasets
+
+    monkeypatch.setattr(datasets, "MAX_SIDE", 64)
+    monkeypatch.setattr(datasets, "MAX_PIXELS", 400 * 300 - 1)  # the full JPEG would be refused
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (300, 400, 3), dtype=np.uint8)).save(buf, "JPEG")
+    files = {"big.jpg": buf.getvalue(), "big.png": png_header(400, 300)}
+    points = np.array([[200.0, 150.0], [100.0, 30.0]])
+    images = source_of(files, landmarks=lambda k: points)
+    # landmarks asked for before the image is loaded are the file's own coordinates
+    assert np.array_equal(images.landmarks("big.jpg"), points)
+    image = images.load("big.jpg")
+    assert image.size == (64, 48)  # 400×300 fitted into 64×64
+    assert np.allclose(images.landmarks("big.jpg"), points * [64 / 400, 48 / 300])
+    # a PNG cannot be decoded at a reduced scale: the same size is refused, naming the file
+    with pytest.raises(DatasetError, match=r"cannot read image /data/big.png: 400×300 pixels is more than"):
+        images.load("big.png")
+
+
+_LOAD_BOMBS = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # decoding any of them would need more
+from facebench.datasets import DatasetError, ImageSource
+files = {name: bytes.fromhex(line) for name, line in zip(sys.argv[1:], sys.stdin)}
+images = ImageSource(files.__getitem__, lambda k: "/data/" + k)
+for name in files:
+    try:
+        images.load(name)
+        print("loaded", name)
+    except DatasetError as exc:
+        print(exc)
+"""
+
+
+def test_decompression_bombs_are_refused_before_decoding():
+    # Tiny files announcing 900 and 100 megapixels (2.7 GB and 300 MB decoded), read under a 1 GiB limit.
+    bombs = {"bomb30k.png": png_header(30000, 30000), "bomb10k.png": png_header(10000, 10000)}
+    done = subprocess.run([sys.executable, "-c", _LOAD_BOMBS, *bombs], input="".join(b.hex() + "\n" for b in
+                          bombs.values()), capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) == 2, done.stderr[-2000:]
+    assert lines[0].startswith("cannot read image /data/bomb30k.png: ") and "decompression bomb" in lines[0]
+    assert lines[1] == ("cannot read image /data/bomb10k.png: 10000×10000 pixels is more than facebench decodes "
+                        "(64 megapixels); downscale it")

@@ -1,6 +1,7 @@
 """File hashing and atomic JSON writing (facebench.files)."""
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,23 @@ def test_write_json_atomic_failure_keeps_old_file_and_leaves_no_temp_files(tmp_p
         write_json_atomic(path, {1: "a", "b": 2})  # mixed key types cannot be sorted
     assert json.loads(path.read_text()) == {"ok": True}
     assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]
+
+
+# ------------------------------------------------------------------ only regular files are read
+
+
+def test_fifo_device_symlink_and_folder_are_refused_without_reading(tmp_path):
+    from facebench.files import read_regular
+
+    os.mkfifo(tmp_path / "fifo.jpg")  # no writer: a blocking open or read would hang the test
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")  # would read without end
+    (tmp_path / "folder.jpg").mkdir()
+    for name, kind in (("fifo.jpg", "a FIFO"), ("zero.jpg", "a character device"), ("folder.jpg", "a folder")):
+        with pytest.raises(OSError, match=f"not a regular file \\({kind}\\)") as info:
+            read_regular(tmp_path / name)
+        assert info.value.filename == str(tmp_path / name)
+        with pytest.raises(OSError, match="not a regular file"):
+            file_sha256(tmp_path / name)
+    (tmp_path / "ok.jpg").write_bytes(b"data")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "ok.jpg")
+    assert read_regular(tmp_path / "link.jpg") == b"data"

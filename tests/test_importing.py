@@ -170,7 +170,7 @@ def test_an_import_never_mixes_with_results(scored, tmp_path):
 
 
 def test_a_failed_write_leaves_no_folder(tmp_path, monkeypatch):
-    def fail(self, rows):
+    def fail(self, rows, *checksum):
         self._connect().close()  # the file exists by now, as it would when SQLite fails mid-write
         raise OSError("disk full")
 

@@ -194,6 +194,17 @@ def test_bin_carrying_a_callable_is_refused_and_not_run(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("data, problem", [
+    (b"\x80\x02N" + b"\x85" * 10_000 + b".", "nested more than 64 levels"),
+    (b"\x80\x02c__builtin__\nbytearray\n\x8a\x05\x00\x00\x00\xc0\x00\x85R.", "bytearray of 3221225472"),
+])
+def test_a_hostile_bin_is_an_error_naming_the_file(tmp_path, data, problem):
+    (tmp_path / "lfw").mkdir()
+    (tmp_path / "lfw" / "lfw.bin").write_bytes(data)
+    with pytest.raises(DatasetError, match=f"^{tmp_path / 'lfw' / 'lfw.bin'}: .*{problem}"):
+        load_dataset("lfw", tmp_path)
+
+
 # ------------------------------------------------------------------ RFW
 
 
@@ -447,3 +458,73 @@ def test_check_decodes_each_unique_image_once(tmp_path, monkeypatch):
     report = check_dataset("lfw", tmp_path)
     assert sorted(reads) == sorted(set(ds.image_keys())) and len(reads) == len(set(reads))
     assert report["facts"]["images"] == len(reads) < 2 * len(ds.pairs)
+
+
+# ------------------------------------------------------------------ hostile pair lists and image files
+
+
+def test_paths_leading_out_of_the_image_folder_are_refused_with_their_pairs(tmp_path):
+    from facebench.integrity import preflight
+
+    fx.make_calfw(tmp_path / "calfw", n_pos=10, n_neg=10)
+    fx.write_image(tmp_path / "secret.jpg", seed=1)  # a real image outside the dataset
+    fx.write_image(tmp_path / "calfw" / "secret.jpg", seed=2)  # next to the image folder, still outside it
+    path = tmp_path / "calfw" / "pairs_CALFW.txt"
+    lines = path.read_text().splitlines()
+    lines[0] = "../../secret.jpg 1"  # pair 0, first image
+    lines[3] = "../secret.jpg 1"  # pair 1, second image
+    path.write_text("\n".join(lines) + "\n")
+    inside = tmp_path / "calfw" / "aligned images" / lines[4].split()[0]
+    inside.unlink()
+    inside.symlink_to(tmp_path / "secret.jpg")  # pair 2: a symlink out of the image folder
+    ds = load_dataset("calfw", tmp_path)
+    linked = inside.relative_to(tmp_path / "calfw").as_posix()
+    for key in ("aligned images/../../secret.jpg", "aligned images/../secret.jpg", linked):
+        with pytest.raises(DatasetError, match=r"outside the dataset's image folder .*aligned images; refused"):
+            ds.images.load(key)
+    errors = [e for e in check_dataset("calfw", tmp_path)["errors"] if "outside the dataset's image folder" in e]
+    assert [e.split("; used by pairs ")[1] for e in errors] == ["[0]", "[1]", str(ds.pairs_using(linked))]
+    assert str(tmp_path / "calfw" / "aligned images/../../secret.jpg") in errors[0]
+    with pytest.raises(DatasetError, match=r"failed its image files check: .*secret\.jpg: resolves to "
+                                           rf"{tmp_path}/secret\.jpg, outside .*; used by pairs \[0\]"):
+        preflight("calfw", tmp_path)
+
+
+def test_fifo_and_device_images_are_errors_not_hangs(tmp_path):
+    import signal
+
+    fx.make_lfw(tmp_path / "lfw")
+    ds = load_dataset("lfw", tmp_path)
+    fifo, device = ds.pairs.loc[0, "image_a"], ds.pairs.loc[5, "image_b"]
+    (tmp_path / "lfw" / fifo).unlink()
+    os.mkfifo(tmp_path / "lfw" / fifo)  # no writer: reading it would block for ever
+    (tmp_path / "lfw" / device).unlink()
+    os.mkdir(tmp_path / "lfw" / device)
+    signal.alarm(20)  # a hang fails the test instead of the whole run
+    try:
+        report = check_dataset("lfw", tmp_path)
+    finally:
+        signal.alarm(0)
+    errors = [e for e in report["errors"] if "not a regular file" in e]
+    assert len(errors) == 2
+    assert str(tmp_path / "lfw" / fifo) in errors[0] and "(a FIFO)" in errors[0] and "used by pairs [0" in errors[0]
+    assert str(tmp_path / "lfw" / device) in errors[1] and "(a folder)" in errors[1]
+
+
+def test_a_pair_list_with_no_pairs_is_refused(tmp_path):
+    (tmp_path / "calfw" / "aligned images").mkdir(parents=True)
+    (tmp_path / "calfw" / "pairs_CALFW.txt").write_text("\n")
+    with pytest.raises(DatasetError, match=r"calfw: the CALFW pairs_CALFW.txt \+ aligned images/ files in .* hold no "
+                                           "pairs"):
+        load_dataset("calfw", tmp_path)
+
+
+def test_an_image_folder_that_is_a_symlink_is_read(tmp_path):
+    # e.g. the images on another disk: the folder the layout names is the boundary, wherever it lives
+    fx.make_lfw(tmp_path / "elsewhere")
+    (tmp_path / "root" / "lfw").mkdir(parents=True)
+    (tmp_path / "root" / "lfw" / "pairs.txt").write_bytes((tmp_path / "elsewhere" / "pairs.txt").read_bytes())
+    (tmp_path / "root" / "lfw" / "lfw").symlink_to(tmp_path / "elsewhere" / "lfw")
+    ds = load_dataset("lfw", tmp_path / "root")
+    assert_rgb(ds, ds.image_keys()[:2])
+    assert not check_dataset("lfw", tmp_path / "root")["errors"]

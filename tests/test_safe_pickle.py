@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import layout_fixtures as fx
+from conftest import ROOT
 from facebench import safe_pickle
 from facebench.safe_pickle import UnsafePickleError
 
@@ -110,5 +111,83 @@ def test_refused_error_is_a_value_error():
 
 def test_allowed_callables_cannot_be_modified_by_the_pickle():
     # GLOBAL numpy.dtype, then BUILD with a state dict: would attach attributes to the guard function
-    with pytest.raises(UnsafePickleError, match="refusing to set state on _dtype"):
+    with pytest.raises(UnsafePickleError, match="refusing to set state on _DtypeSpec"):
         safe_pickle.loads(b"\x80\x02cnumpy\ndtype\n}b.")
+
+
+# ---------------------------------------------------------------- crafted numpy pickles and memory bombs
+# Each is a few bytes that, read by an unpickler that lets numpy build its objects as the stream runs,
+# corrupts numpy's own uint8/int64 dtype (then crashes or aborts the process) or allocates gigabytes.
+
+def _dtype_op(spec: bytes, state_tail: bytes = b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00") -> bytes:
+    """GLOBAL numpy.dtype, REDUCE (spec, False, True), BUILD with (3, '|', None, None, None) + tail."""
+    return (b"cnumpy\ndtype\nX" + len(spec).to_bytes(4, "little") + spec + b"\x89\x88\x87R"
+            b"(K\x03X\x01\x00\x00\x00|NNN" + state_tail + b"tb")
+
+
+def _array_op(shape: bytes, dtype_op: bytes, raw: bytes) -> bytes:
+    """numpy's _reconstruct(ndarray, (0,), b'b'), then BUILD (1, shape, dtype, False, raw)."""
+    return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R"
+            b"(K\x01" + shape + dtype_op + b"\x89" + raw + b"tb")
+
+
+HOSTILE = {
+    # the dtype claims to hold Python objects (flags=1): numpy then treats the bytes as pointers
+    "dtype flags": (b"\x80\x02" + _array_op(b"K\x02\x85", _dtype_op(b"i8", b"J\xff\xff\xff\xffJ\xff\xff\xff\xffK\x01"),
+                                            b"C\x10" + b"A" * 16) + b".", "only plain bool and numeric dtypes"),
+    # a second BUILD on the memoised dtype after the array was made from it
+    "dtype rebuilt": (b"\x80\x02" + _array_op(b"K\x02\x85", _dtype_op(b"u1") + b"q\x07", b"C\x02AA")
+                      + b"h\x07(K\x03X\x01\x00\x00\x00|NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x01tb\x86.",
+                      "second BUILD"),
+    "object dtype": (b"\x80\x02" + _dtype_op(b"O") + b".", "only plain bool and numeric dtypes"),
+    "ndarray called": (b"\x80\x02cnumpy\nndarray\nK\x02\x85X\x01\x00\x00\x00O\x86R.", "numpy.ndarray called directly"),
+    "object array": (b"\x80\x02" + _array_op(b"K\x02\x85", _dtype_op(b"u1"), b"]") + b".", "Python objects"),
+    # 35 bytes: bytearray(3 GiB)
+    "bytearray bomb": (b"\x80\x02c__builtin__\nbytearray\n\x8a\x05\x00\x00\x00\xc0\x00\x85R.", "only bytes"),
+    "bytes bomb": (b"\x80\x02c__builtin__\nbytes\n\x8a\x05\x00\x00\x00\xc0\x00\x85R.", "only empty bytes()"),
+    # an array of 3 GiB announced, 2 bytes of data
+    "array bomb": (b"\x80\x02" + _array_op(b"\x8a\x05\x00\x00\x00\xc0\x00\x85", _dtype_op(b"u1"), b"C\x02AA") + b".",
+                   "needs 3221225472 bytes, the file holds 2"),
+    "scalar bomb": (b"\x80\x02cnumpy.core.multiarray\nscalar\n" + _dtype_op(b"u1") + b"C\x02AA\x86R.",
+                    "expected 1 bytes"),
+    "deep nesting": (b"\x80\x02N" + b"\x85" * 100_000 + b".", "nested more than 64 levels"),
+    "self-reference": (b"\x80\x02]q\x00h\x00a.", "nested more than 64 levels"),
+}
+
+_RUN_HOSTILE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a bomb that allocates fails loudly here
+from facebench import safe_pickle
+for name in sys.argv[1:]:
+    try:
+        safe_pickle.loads(bytes.fromhex(sys.stdin.readline()), source="crafted.bin")
+        print(name, "| loaded", flush=True)
+    except safe_pickle.UnsafePickleError as exc:
+        print(name, "| refused |", str(exc).splitlines()[0], flush=True)
+"""
+
+
+def test_crafted_numpy_pickles_and_memory_bombs_are_refused_without_crashing():
+    # In a subprocess limited to 1 GiB of address space: a crash, an abort or an allocation of
+    # gigabytes shows as a missing line or a non-zero exit instead of taking the test run down.
+    names = list(HOSTILE)
+    stdin = "".join(HOSTILE[n][0].hex() + "\n" for n in names)
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run([os.sys.executable, "-c", _RUN_HOSTILE, *names], input=stdin, capture_output=True,
+                          text=True, timeout=60, env=env, cwd=ROOT)
+    lines = dict(line.split(" | ", 1) for line in done.stdout.splitlines())
+    assert done.returncode == 0 and list(lines) == names, done.stderr[-2000:]
+    for name in names:
+        assert lines[name].startswith("refused | crafted.bin: ") and HOSTILE[name][1] in lines[name], (name, lines[name])
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 3, 4, 5])
+def test_numpy_arrays_and_scalars_rebuilt_exactly(protocol):
+    arrays = [np.asfortranarray(np.arange(6, dtype=">i4").reshape(2, 3)), np.array([1.5, -2.5]),
+              np.zeros((0, 3), np.uint8), np.array(3.0, np.float32), np.array([True, False])]
+    scalars = [np.bool_(True), np.float32(2.5), np.int64(-3)]
+    got_arrays, got_scalars, empty = safe_pickle.loads(pickle.dumps((arrays, scalars, b""), protocol=protocol))
+    for got, want in zip(got_arrays, arrays):
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+    assert [type(s) for s in got_scalars] == [type(s) for s in scalars] and got_scalars == scalars
+    assert empty == b""

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facebench.store import ROW_COLUMNS, RunStore, model_slug
+from facebench.store import ROW_COLUMNS, DatasetMismatchError, RunStore, StoreError, model_slug
 
 
 def raw_rows(store: RunStore) -> list[tuple]:
@@ -331,3 +331,103 @@ def test_merge_shards_keeps_the_files_so_rows_written_later_are_merged_too(tmp_p
     with closing(sqlite3.connect(run.db_path)) as con:
         assert con.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     assert RunStore(tmp_path / "empty").merge_shards() == {}
+
+
+# ------------------------------------------------------------------ the dataset a store's rows were made on
+
+
+def test_rows_made_on_another_dataset_are_refused_by_the_store_itself(tmp_path):
+    first, second = RunStore(tmp_path / "run"), RunStore(tmp_path / "run")  # e.g. two processes at once
+    first.write([row(0), row(1)], "a" * 64)
+    assert second.dataset_checksum() == "a" * 64
+    second.write([row(2)], "a" * 64)
+    (tmp_path / "run" / "manifest.json").unlink(missing_ok=True)  # the guard does not live in the manifest
+    with pytest.raises(DatasetMismatchError) as info:
+        second.write([row(3), row(2, score=9.0, error=None)], "b" * 64)
+    assert str(first.db_path) in str(info.value) and "a" * 64 in str(info.value) and "b" * 64 in str(info.value)
+    assert first.done_ids() == {0, 1, 2} and raw_rows(first)[2][1] == 0.5  # the whole batch was refused
+    with pytest.raises(DatasetMismatchError):
+        second.check_dataset("b" * 64)
+    second.check_dataset("a" * 64)
+    RunStore(tmp_path / "other").check_dataset("b" * 64)  # nothing stored, nothing to refuse
+
+
+def test_merge_refuses_shards_made_on_another_dataset(tmp_path):
+    run = RunStore(tmp_path / "run")
+    run.shard(0, 2).write([row(0)], "a" * 64)
+    legacy = run.shard(1, 2)  # a shard file from before the store recorded it: its manifest says
+    with closing(sqlite3.connect(legacy.db_path)) as con:
+        con.execute("CREATE TABLE pairs (pair_id INTEGER PRIMARY KEY, score REAL, decision INTEGER, "
+                    "raw_output TEXT, seconds REAL, error TEXT)")
+        con.execute("INSERT INTO pairs VALUES (1, 0.5, 1, '{}', 0.01, NULL)")
+        con.commit()
+    legacy.write_manifest({"dataset_checksum": "b" * 64})
+    for checksum, culprit in (("b" * 64, "0-of-2"), ("a" * 64, "1-of-2")):
+        with pytest.raises(DatasetMismatchError, match=f"shards/{culprit}.sqlite holds results made on a dataset"):
+            run.merge_shards(checksum)
+        assert not run.db_path.exists()  # nothing merged
+    legacy.write_manifest({"dataset_checksum": "a" * 64})
+    run.merge_shards("a" * 64)
+    assert run.done_ids() == {0, 1} and run.dataset_checksum() == "a" * 64
+
+
+# ------------------------------------------------------------------ reading never writes
+
+
+def _legacy_store(folder: Path) -> RunStore:
+    """A results file as an older facebench left it: rollback journal, no meta table."""
+    folder.mkdir(parents=True)
+    with closing(sqlite3.connect(folder / "pairs.sqlite")) as con:
+        con.execute("CREATE TABLE pairs (pair_id INTEGER PRIMARY KEY, score REAL, decision INTEGER, "
+                    "raw_output TEXT, seconds REAL, error TEXT)")
+        con.executemany("INSERT INTO pairs VALUES (?, 0.5, 1, '{}', 0.01, NULL)", [(0,), (1,)])
+        con.commit()
+    return RunStore(folder)
+
+
+def test_reading_changes_no_byte_and_makes_no_file(tmp_path):
+    store = _legacy_store(tmp_path / "run")
+    before = store.db_path.read_bytes()
+    assert store.done_ids() == {0, 1} and len(store.rows()) == 2 and store.dataset_checksum() is None
+    assert store.merge([]) == 0 and store.shard(0, 2).done_ids() == {0, 1}
+    assert store.db_path.read_bytes() == before  # no switch to WAL, no meta table
+    assert sorted(p.name for p in store.dir.iterdir()) == ["pairs.sqlite"]
+
+
+def test_a_finished_run_in_a_read_only_folder_is_read_and_merged(tmp_path):
+    from conftest import read_only
+
+    run = RunStore(tmp_path / "run")
+    run.shard(0, 2).write([row(0)], "a" * 64)
+    run.shard(1, 2).write([row(1)], "a" * 64)
+    run.merge_shards("a" * 64)
+    run.write_manifest({"dataset_checksum": "a" * 64})
+    with read_only(tmp_path / "run"):
+        assert run.done_ids() == {0, 1} and run.rows()["pair_id"].tolist() == [0, 1]
+        assert run.merge_shards("a" * 64).keys() == {"0-of-2", "1-of-2"}  # all merged already: nothing to write
+        run.check_dataset("a" * 64)
+        with pytest.raises(StoreError, match=str(run.db_path)):
+            run.write([row(2)], "a" * 64)
+
+
+# ------------------------------------------------------------------ broken files name themselves
+
+
+@pytest.mark.parametrize("content", [b"garbage" * 200, b"SQLite format 3\x00" + bytes(84) + b"\xff" * 4000])
+def test_a_file_that_is_not_a_results_database_is_named(tmp_path, content):
+    store = RunStore(tmp_path / "run")
+    store.dir.mkdir()
+    store.db_path.write_bytes(content)
+    for call in (store.done_ids, store.rows, lambda: store.write([row(0)], "a" * 64), store.dataset_checksum):
+        with pytest.raises(StoreError, match=f"^{store.db_path}: cannot use this results file"):
+            call()
+
+
+@pytest.mark.parametrize("text, problem", [("{not json", "unreadable manifest"), ("[1, 2]", "holds a list"),
+                                           ("", "unreadable manifest")])
+def test_a_manifest_that_is_not_a_json_object_is_named(tmp_path, text, problem):
+    store = RunStore(tmp_path / "run")
+    store.dir.mkdir()
+    store.manifest_path.write_text(text)
+    with pytest.raises(StoreError, match=f"^{store.manifest_path}: .*{problem}"):
+        store.read_manifest()

@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from facebench.datasets import Dataset, DatasetError, ImageSource, manifest
-from facebench.files import file_sha256
+from facebench.files import file_sha256, read_regular
 
 N_FOLDS = 10  # every protocol here is 10-fold
 
@@ -64,13 +64,16 @@ def load_first(name: str, root: Path, layouts: Sequence[Layout]) -> Dataset:
     ------
     DatasetError
         No layout is complete; the message lists, per layout, the files looked
-        for and which of them are missing.
+        for and which of them are missing. Or the layout found holds no pairs.
     """
     folder = Path(root) / name
     doc = manifest(name)
     for layout in layouts:
         if layout.found(folder):
-            return layout.read(layout.folder(folder), layout, doc)
+            dataset = layout.read(layout.folder(folder), layout, doc)
+            if dataset.pairs.empty:  # nothing to score would read as a complete run
+                raise DatasetError(f"{name}: the {layout.name} files in {layout.folder(folder)} hold no pairs")
+            return dataset
     where = f"{folder} does not exist" if not folder.is_dir() else f"nothing usable in {folder}"
     looked = "\n  ".join(layout.describe(folder) for layout in layouts)
     raise DatasetError(f"{name}: {where}; the accepted layouts, tried in this order, are:\n  {looked}\n"
@@ -91,10 +94,37 @@ def info(doc: dict, layout: Layout, location: Path, *, protocol_files: list[str]
             "published_sha256": dict(doc.get("checksums") or {}), **extra}
 
 
-def folder_images(location: Path, *, landmarks: Callable[[str], np.ndarray | None] | None = None) -> ImageSource:
-    """Images stored as files, keyed by their path relative to ``location``."""
-    return ImageSource(lambda k: (location / k).read_bytes(), lambda k: str(location / k),
-                       exists=lambda k: (location / k).is_file(), landmarks=landmarks)
+def folder_images(location: Path, within: str, *,
+                  landmarks: Callable[[str], np.ndarray | None] | None = None) -> ImageSource:
+    """Images stored as regular files, keyed by their path relative to ``location``.
+
+    Every key must name a file inside the layout's image folder ``location /
+    within`` once resolved: a pair list naming ``../``, an absolute path or a
+    symlink that leads out of it is refused (:func:`contained_path`), so no
+    file outside the dataset is read, scored or uploaded. The image folder
+    itself may be a symlink (e.g. to another disk).
+    """
+    root = (location / within).resolve()
+
+    def path(key: str) -> Path:
+        return contained_path(location, key, root)
+
+    return ImageSource(lambda k: read_regular(path(k)), lambda k: str(location / k),
+                       exists=lambda k: path(k).is_file(), landmarks=landmarks, path=path)
+
+
+def contained_path(location: Path, key: str, root: Path) -> Path:
+    """``location / key`` resolved (symlinks followed) if it lies inside ``root``, else DatasetError naming it.
+
+    >>> contained_path(Path("/data/lfw"), "lfw/../../../etc/passwd", Path("/data/lfw/lfw"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    facebench.datasets.DatasetError: /data/lfw/lfw/../../../etc/passwd: resolves to /etc/passwd, outside the ...
+    """
+    path = (location / key).resolve()
+    if not path.is_relative_to(root):
+        raise DatasetError(f"{location / key}: resolves to {path}, outside the dataset's image folder {root}; refused")
+    return path
 
 
 def protocol_checksum(location: Path, files: list[str], layout: Layout) -> str:
@@ -125,7 +155,7 @@ def contiguous_folds(n: int, n_folds: int = N_FOLDS) -> np.ndarray:
 def read_lines(path: Path) -> list[tuple[int, str]]:
     """Non-blank lines of a text list with their 1-based line numbers (any line ending)."""
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_regular(path).decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DatasetError(f"{path}: not a text file ({exc})") from exc
     return [(i, line.strip()) for i, line in enumerate(text.splitlines(), 1) if line.strip()]

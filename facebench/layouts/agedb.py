@@ -12,12 +12,22 @@ points are derived the way ``agedb2pack2.py`` does: eye centres from points
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from facebench.datasets import LOADERS, Dataset, DatasetError
-from facebench.layouts import Layout, folder_images, info, load_first, pairs_frame, protocol_checksum
+from facebench.files import read_regular
+from facebench.layouts import (
+    Layout,
+    contained_path,
+    folder_images,
+    info,
+    load_first,
+    pairs_frame,
+    protocol_checksum,
+)
 from facebench.layouts.insightface_bin import bin_layout
 
 PROTOCOL, IMAGES = "04_FINAL_protocol_30_years.mat", "03_Protocol_Images"
@@ -43,7 +53,7 @@ def read_protocol(path: Path) -> list[tuple[int, str, str, bool]]:
     from scipy.io.matlab import MatReadError
 
     try:
-        splits = loadmat(str(path))["splits"]
+        splits = loadmat(io.BytesIO(read_regular(path)))["splits"]
     except (MatReadError, ValueError, TypeError, OSError, KeyError, NotImplementedError) as exc:
         raise DatasetError(f"{path}: not an AgeDB protocol .mat with a 'splits' variable ({exc})") from exc
     rows = []
@@ -69,7 +79,7 @@ def read_protocol(path: Path) -> list[tuple[int, str, str, bool]]:
 
 def read_pts(path: Path) -> np.ndarray:
     """Five points (eye centres, nose, mouth corners) from a 68-point iBUG ``.pts`` file."""
-    text = path.read_text().replace("{", " ").replace("}", " ").splitlines()
+    text = read_regular(path).decode("utf-8", "replace").replace("{", " ").replace("}", " ").splitlines()
     numbers = [line.split() for line in text if line.split() and _is_point(line.split())]
     if len(numbers) != 68:
         raise DatasetError(f"{path}: expected 68 points, found {len(numbers)}")
@@ -92,11 +102,11 @@ def read_agedb(folder: Path, layout: Layout, doc: dict) -> Dataset:
                         [r[3] for r in rows])
 
     def landmarks(key: str) -> np.ndarray | None:
-        pts = (folder / key).with_suffix(".pts")
+        pts = contained_path(folder, str(Path(key).with_suffix(".pts")), (folder / IMAGES).resolve())
         return read_pts(pts) if pts.is_file() else None
 
     meta = info(doc, layout, folder, protocol_files=[PROTOCOL], image_files=True)
-    return Dataset(doc["name"], table, folder_images(folder, landmarks=landmarks), meta,
+    return Dataset(doc["name"], table, folder_images(folder, IMAGES, landmarks=landmarks), meta,
                    source_checksum=protocol_checksum(folder, [PROTOCOL], layout))
 
 

@@ -80,7 +80,7 @@ def read_calfw(folder: Path, layout: Layout, doc: dict) -> Dataset:
     table = pairs_frame(class_folds(same), [f"{images}/{a}" for a, _, _ in pairs],
                         [f"{images}/{b}" for _, b, _ in pairs], same)
     meta = info(doc, layout, folder, protocol_files=[pairs_file], image_files=True)
-    return Dataset(doc["name"], table, folder_images(folder), meta,
+    return Dataset(doc["name"], table, folder_images(folder, images), meta,
                    source_checksum=protocol_checksum(folder, [pairs_file], layout))
 
 

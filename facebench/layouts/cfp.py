@@ -72,7 +72,7 @@ def read_cfp(folder: Path, layout: Layout, doc: dict) -> Dataset:
     if not fold:
         raise DatasetError(f"{folder / 'Protocol' / 'Split' / protocol}: no fold folders (01, 02, …) with pairs")
     meta = info(doc, layout, folder, protocol_files=lists + files, image_files=True)
-    return Dataset(doc["name"], pairs_frame(fold, image_a, image_b, same), folder_images(folder), meta,
+    return Dataset(doc["name"], pairs_frame(fold, image_a, image_b, same), folder_images(folder, "Data/Images"), meta,
                    source_checksum=protocol_checksum(folder, lists + files, layout))
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from facebench import safe_pickle
+from facebench.files import read_regular
 from facebench.datasets import LOADERS, Dataset, DatasetError, ImageSource
 from facebench.layouts import Layout, contiguous_folds, info, load_first, pairs_frame
 
@@ -35,7 +36,7 @@ def read_bin(path: Path) -> tuple[list, list[bool], str]:
         images, an image is neither bytes nor a uint8 array of encoded bytes, or a
         label is not a boolean; the message names the file, the pair and the position.
     """
-    data = path.read_bytes()
+    data = read_regular(path)
     digest = hashlib.sha256(data).hexdigest()
     try:
         loaded = safe_pickle.loads(data, source=str(path))

@@ -104,7 +104,7 @@ def read_lfw(folder: Path, layout: Layout, doc: dict) -> Dataset:
     table = pairs_frame(folds, [image_path(images, a, na) for a, na, _, _, _ in pairs],
                         [image_path(images, b, nb) for _, _, b, nb, _ in pairs], [p[4] for p in pairs])
     meta = info(doc, layout, folder, protocol_files=[pairs_file], image_files=True)
-    return Dataset(doc["name"], table, folder_images(folder), meta,
+    return Dataset(doc["name"], table, folder_images(folder, images), meta,
                    source_checksum=protocol_checksum(folder, [pairs_file], layout))
 
 
@@ -188,7 +188,7 @@ def read_rfw(folder: Path, layout: Layout, doc: dict) -> Dataset:
     meta = info(doc, layout, folder, protocol_files=files + landmark_files, image_files=True,
                 expected_pairs_per_group=doc.get("expected_pairs_per_group"))
     return Dataset(doc["name"], pairs_frame(fold, image_a, image_b, same, group),
-                   folder_images(folder, landmarks=landmarks), meta,
+                   folder_images(folder, "data", landmarks=landmarks), meta,
                    source_checksum=protocol_checksum(folder, files, layout))
 
 
