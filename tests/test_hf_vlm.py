@@ -5,14 +5,15 @@ import math
 
 import numpy as np
 import pytest
+# Pinned in requirements.txt: a broken install fails here, loudly, instead of skipping these tests.
+import torch
 
-torch = pytest.importorskip("torch")
-
-from facebench import evaluate, get_scorer  # noqa: E402
-from facebench.backends.hf_vlm import HFVisionLanguage, ModelLoadError, answer_token_ids, tiny_folder  # noqa: E402
-from facebench.datasets import load_dataset  # noqa: E402
-from facebench.models import resolve  # noqa: E402
-from facebench.tiny_models import FAMILIES, build  # noqa: E402
+from facebench import evaluate, get_scorer
+from facebench.backends.hf_vlm import HFVisionLanguage, ModelLoadError, answer_token_ids, tiny_folder
+from facebench.datasets import load_dataset
+from facebench.extraction import reparse
+from facebench.models import resolve
+from facebench.tiny_models import FAMILIES, build
 
 FAMILY_NAMES = sorted(FAMILIES)
 
@@ -128,6 +129,30 @@ def test_score_is_log_odds_of_yes_over_no_at_the_answer_position(verifier, demo_
     assert row["score"] == pytest.approx(expected, abs=1e-5)
 
 
+@pytest.mark.parametrize("pieces, answer", [
+    (["**", "Yes", "**"], 1),
+    (["Answer", ":", " Yes"], 2),
+    (['"', "Yes", '"'], 1),
+    (["「", "Yes", "」"], 1),  # 「 is three byte-level tokens, two of them decoding to "\ufffd"
+    (["<think>", "\n", "No", "</think>", "\n", "**", " No", "**"], 6),
+])
+def test_score_is_read_at_the_token_where_the_answer_starts(verifier, pieces, answer):
+    # Generated ids made of the tokenizer's own pieces, and logits whose log-odds differ at every
+    # step: the score tells which step was read.
+    tokenizer = verifier._loaded[0].tokenizer
+    encoded = [tokenizer.encode(p, add_special_tokens=False) for p in pieces]
+    ids = [i for e in encoded for i in e]
+    step = sum(len(e) for e in encoded[:answer])
+    yes, no = verifier.answer_ids
+    logits = torch.full((len(ids), len(tokenizer)), -30.0)
+    for k in range(len(ids)):
+        logits[k, yes], logits[k, no] = float(k), 0.0  # log-odds k + log(#yes / #no)
+    row = verifier._read(ids, logits)
+    assert row["answer_step"] == step
+    assert row["score"] == pytest.approx(step + math.log(len(yes) / len(no)))
+    assert row["decision"] == (0 if pieces[answer].strip() == "No" else 1)
+
+
 def test_decision_comes_from_the_parsed_answer_text(verifier, demo_pairs, monkeypatch):
     rows = verifier.score_pairs(demo_pairs[:3])
     for r in rows:
@@ -179,6 +204,9 @@ def test_evaluate_records_prompt_and_resumes(tmp_path):
     m = run.manifest
     assert m["prompt_template"] == "paper-yesno@v1" and "Answer with yes or no." in m["prompt"]
     assert m["settings"]["prompt"] == "paper-yesno" and m["architecture"] == "Qwen2VLForConditionalGeneration"
+    assert m["extraction"] == "facebench@v2"
+    reread = reparse(run)  # the stored answers under the run's own rule: the stored decisions, no model
+    assert reread["decision"].tolist() == run.store.rows()["decision"].tolist() == reread["stored"].tolist()
     first = run.store.rows().set_index("pair_id")
     full = evaluate("hf:tiny:qwen2-vl", "demo", batch_size=8, out=tmp_path)
     assert full.store.dir == run.store.dir

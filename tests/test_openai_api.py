@@ -117,7 +117,7 @@ class _Scripted(BaseHTTPRequestHandler):
         for k, v in headers.items():
             self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(json.dumps(body).encode())
+        self.wfile.write(body if isinstance(body, bytes) else json.dumps(body).encode())  # bytes: sent as they are
 
     def log_message(self, *args):
         pass
@@ -173,6 +173,10 @@ def test_client_errors_are_not_retried(scripted, demo_pairs):
      -1.0),                                       # read after the think block and the blank
     ([[("Yes", -0.05), ("Sure", -3.0)]], -0.05 - (-3.0)),  # "no" absent: bounded by the least likely listed
     ([[("I", -0.1), ("The", -2.0)]], math.nan),   # no answer word at the answer position
+    # markup, labels and quotes as separate tokens (Qwen2's BPE splits them so): read at the word
+    ([[("**", -0.1), ("Yes", -3.0)], [("Yes", -0.2), ("No", -1.9)], [("**", -0.01)]], -0.2 - (-1.9)),
+    ([[("Answer", -0.1)], [(":", -0.1)], [(" No", -0.3), (" Yes", -1.3)]], -1.3 - (-0.3)),
+    ([[('"', -0.1), ("Yes", -2.0)], [("yes", -0.5), ("no", -1.0)], [('"', -0.1)]], -0.5 - (-1.0)),
 ])
 def test_logprob_score_reads_the_answer_position(top, expected):
     content = vllm_reply("", top)["choices"][0]["logprobs"]["content"]
@@ -190,3 +194,120 @@ def test_decision_only_scores_are_flagged_in_the_metrics(server, tmp_path):
     folder, url = server
     m = evaluate(f"api:{folder}@{url}", "demo", limit=3, out=tmp_path).metrics()
     assert any("no log-probs" in f for f in m["flags"])
+
+
+def test_empty_top_logprobs_fall_back_to_the_decision_never_to_zero(scripted, demo_pairs):
+    # A server that returns each chosen token's log-prob but no alternatives: the
+    # log-odds would compare the chosen token with itself (exactly 0 for every pair).
+    url, handler = scripted
+    reply = vllm_reply("Yes.", [[("Yes", -0.2)], [(".", -0.01)]])
+    for entry in reply["choices"][0]["logprobs"]["content"]:
+        entry["top_logprobs"] = []
+    handler.script = [(200, {}, reply)]
+    row = resolve(f"api:m@{url}").load().score_pairs(demo_pairs[:1])[0]
+    assert json.loads(row["raw_output"])["score_from"] == "decision"
+    assert row["decision"] == 1 and row["score"] == 1.0
+
+
+def test_reparse_reproduces_the_decisions_a_served_model_stored(scripted, tmp_path):
+    from facebench.extraction import reparse, reparse_summary
+
+    url, handler = scripted
+    # answers in the order the pairs are asked (one request at a time), and how each rule reads them
+    answers = [("**Yes**", 1, -1), ("Based on the faces, yes.", -1, 1), ("No.", 0, 0),
+               ("Yes/No", -1, -1), ("Sorry, I can't help with identifying people.", -1, -1), ("Answer: No", 0, 0)]
+    handler.script = [(200, {}, vllm_reply(text, [[("x", -0.1)]])) for text, _, _ in answers]
+    run = evaluate(f"api:m@{url}", "demo", limit=6, out=tmp_path, settings={"concurrency": 1})
+    assert run.manifest["extraction"] == "facebench@v2"
+    stored = run.store.rows().sort_values("pair_id")["decision"].tolist()
+    assert stored == [fb for _, fb, _ in answers]
+    own = reparse(run)
+    assert own["decision"].tolist() == stored and reparse_summary(own)["n_changed"] == 0
+    assert reparse_summary(own)["n_refusals"] == 1 == run.metrics()["n_refusals"]
+    assert reparse(run, "vlmevalkit-yorn")["decision"].tolist() == [y for _, _, y in answers]
+
+
+# ------------------------------------------------------------------ hostile and broken servers
+
+
+class _Elsewhere(BaseHTTPRequestHandler):
+    """Another origin: records every request it gets and answers it as a model would."""
+
+    seen: list = []
+
+    def _answer(self):
+        self.seen.append((self.command, dict(self.headers)))
+        body = json.dumps(vllm_reply("No.", [[("No", -0.1)]])).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer  # noqa: N815 - http.server's names
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_key_never_reaches_the_results_nor_another_origin(scripted, demo_pairs, monkeypatch):
+    url, handler = scripted
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), _Elsewhere)
+    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    _Elsewhere.seen = []
+    other = f"http://127.0.0.1:{elsewhere.server_address[1]}"
+    try:
+        handler.script = [
+            (401, {}, {"error": "invalid key", "request_headers": {"Authorization": f"Bearer {SECRET}"}}),
+            (200, {}, vllm_reply(f"Yes. Your key is {SECRET}, api_key=sk-another-key-998877", [[("Yes", -0.1)]])),
+            (302, {"Location": f"{other}/v1/chat/completions"}, {}),
+        ]
+        rows = resolve(f"api:m@{url}", {"concurrency": 1}).load().score_pairs(demo_pairs[:3])
+    finally:
+        elsewhere.shutdown()
+    stored = json.dumps(rows)
+    assert SECRET not in stored and "sk-another-key" not in stored and "[redacted]" in stored
+    assert "HTTP 401" in rows[0]["error"] and "Bearer [redacted]" in rows[0]["error"]
+    assert rows[1]["decision"] == 1 and "error" not in rows[1]
+    assert f"{url}/chat/completions answered HTTP 302, a redirect to {other}: not followed" in rows[2]["error"]
+    assert math.isnan(rows[2]["score"])
+    assert _Elsewhere.seen == [] and len(handler.seen) == 3
+
+
+@pytest.mark.parametrize("status, body, problem", [
+    (200, b"<html><body>502 Bad Gateway</body></html>", "not JSON after 1 attempts: <html><body>502 Bad Gateway"),
+    (200, b"", "not JSON"),
+    (200, {"choices": [{"message": None}]}, "unusable answer (AttributeError"),
+    (200, {"choices": []}, "unusable answer (IndexError"),
+    (200, [1, 2], "unusable answer (TypeError"),
+    (503, b"x" * 100_000, "HTTP 503: xxxxx"),
+])
+def test_a_broken_reply_is_that_pairs_error_and_the_run_goes_on(scripted, demo_pairs, status, body, problem):
+    url, handler = scripted
+    handler.script = [(status, {}, body), (200, {}, vllm_reply("No.", [[("No", -0.1), ("Yes", -2.1)]]))]
+    broken, fine = resolve(f"api:m@{url}", {"concurrency": 1, "max_retries": 0}).load().score_pairs(demo_pairs[:2])
+    assert f"{url}/chat/completions" in broken["error"] and problem in broken["error"]
+    assert math.isnan(broken["score"]) and len(broken["error"]) < 600
+    assert fine["score"] == pytest.approx(-2.0) and "error" not in fine
+
+
+def test_a_non_numeric_logprob_does_not_end_the_run(scripted, demo_pairs):
+    url, handler = scripted
+    handler.script = [(200, {}, vllm_reply("Yes", [[("Yes", "high"), ("No", "low")]])),
+                      (200, {}, vllm_reply("No.", [[("No", -0.1), ("Yes", -2.1)]]))]
+    odd, fine = resolve(f"api:m@{url}", {"concurrency": 1}).load().score_pairs(demo_pairs[:2])
+    assert math.isnan(odd["score"]) and fine["score"] == pytest.approx(-2.0)
+
+
+def test_huge_replies_are_refused_and_long_answers_cut(scripted, demo_pairs, monkeypatch):
+    from facebench.backends import openai_api
+
+    url, handler = scripted
+    monkeypatch.setattr(openai_api, "MAX_RESPONSE_BYTES", 50_000)  # 8 MiB in use; the test needs no such reply
+    handler.script = [(200, {}, vllm_reply("Yes " * 20_000, [[("Yes", -0.1)]])),
+                      (200, {}, vllm_reply("Yes " * 1_000, [[("Yes", -0.1), ("No", -1.1)]]))]
+    huge, long = resolve(f"api:m@{url}", {"concurrency": 1}).load().score_pairs(demo_pairs[:2])
+    assert huge["error"].endswith(f"{url}/chat/completions answered more than 50000 bytes; the rest was not read")
+    answer = json.loads(long["raw_output"])["answer"]
+    assert answer == ("Yes " * 1000)[:openai_api.MAX_ANSWER_CHARS] + " … [cut: 4000 characters in all]"
+    assert long["decision"] == 1 and long["score"] == pytest.approx(1.0)

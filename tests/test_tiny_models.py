@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+# Pinned in requirements.txt: a broken install fails here, loudly, instead of skipping these tests.
+import torch
+import transformers
+from safetensors.torch import load_file
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-from safetensors.torch import load_file  # noqa: E402
-
-from facebench.tiny_models import FAMILIES, build, get_family, special_tokens  # noqa: E402
+from facebench.tiny_models import FAMILIES, build, get_family, special_tokens
 
 NAMES = sorted(FAMILIES)
 QUESTION = "Are these two images of the same person? Answer yes or no."

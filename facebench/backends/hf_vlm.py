@@ -5,12 +5,13 @@ A then B) and the prompt template's question. One ``generate`` call gives
 both what we need:
 
 * the logits of the first generated step that starts the answer (after any
-  ``<think>…</think>`` block and blanks; the first step when only blanks came
+  ``<think>…</think>`` block, blanks, quotes, markup and an "Answer:" label,
+  exactly what the ``facebench`` rule skips; the first step when only blanks came
   out, none when a think block never closed), from which the score is
   ``log P(yes) − log P(no)``, each side summed over the tokenizer's variants of
   the template's answer words ("Yes", " yes", "YES", …);
-* a short greedy continuation (``max_new_tokens``), the answer text, which
-  :meth:`facebench.prompts.Prompt.parse` turns into yes / no / invalid.
+* a short greedy continuation (``max_new_tokens``), the answer text, which the
+  run's extraction rule (:mod:`facebench.extraction`) turns into yes / no / invalid.
 
 ``number`` templates (e.g. ``score-0-100``) score with the parsed number instead.
 Pairs are batched with left padding; a batch that runs out of GPU memory is
@@ -31,7 +32,7 @@ from PIL import Image
 
 from facebench.models import BACKENDS, PairVerifier
 from facebench.paths import PROJECT_ROOT
-from facebench.prompts import DEFAULT_PROMPT, Prompt, answer_start, load_prompt, strip_thinking
+from facebench.prompts import DEFAULT_PROMPT, answer_start, load_reading, reading_identity, strip_thinking
 
 TINY_PREFIX = "tiny:"  # "tiny:<family>": a random-weight model built on first use (negative control, tests)
 
@@ -106,6 +107,9 @@ class HFVisionLanguage(PairVerifier):
         Off unless a registry entry says so: it runs code from the model's repo.
     prompt : str
         Template name in ``facebench/prompts.yaml``.
+    extraction : str, optional
+        The rule of ``facebench/extraction.yaml`` that reads answers into
+        decisions; None: the template's own.
     image_size : int, optional
         Resize both crops to ``image_size``² before the processor; None hands
         the dataset's crops on as they are.
@@ -123,15 +127,16 @@ class HFVisionLanguage(PairVerifier):
 
     def __init__(self, *, model: str, revision: str | None = None, dtype: str = "auto",
                  attn_implementation: str = "sdpa", trust_remote_code: bool = False,
-                 prompt: str = DEFAULT_PROMPT, image_size: int | None = None, max_new_tokens: int = 8,
-                 processor_kwargs: dict | None = None, both_orders: bool = False, seed: int = 0):
+                 prompt: str = DEFAULT_PROMPT, extraction: str | None = None, image_size: int | None = None,
+                 max_new_tokens: int = 8, processor_kwargs: dict | None = None, both_orders: bool = False,
+                 seed: int = 0):
         if dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"model setting dtype={dtype!r}: expected auto, bfloat16, float16 or float32")
         if int(max_new_tokens) < 1:
             raise ValueError(f"model setting max_new_tokens={max_new_tokens!r}: must be at least 1")
         self.model_name, self.revision, self.dtype_name = model, revision, dtype
         self.attn_implementation, self.trust_remote_code = attn_implementation, bool(trust_remote_code)
-        self.prompt: Prompt = load_prompt(prompt)
+        self.prompt, self.rule = load_reading(prompt, extraction)
         self.image_size = None if image_size is None else int(image_size)
         self.max_new_tokens, self.both_orders, self.seed = int(max_new_tokens), bool(both_orders), int(seed)
         self.processor_kwargs = dict(processor_kwargs or {})
@@ -139,7 +144,7 @@ class HFVisionLanguage(PairVerifier):
 
     @classmethod
     def identity(cls, settings: dict) -> dict:
-        return {"prompt_template": load_prompt(settings.get("prompt", DEFAULT_PROMPT)).identity}
+        return reading_identity(settings)
 
     @classmethod
     def unavailable(cls, settings: dict) -> str | None:
@@ -257,6 +262,7 @@ class HFVisionLanguage(PairVerifier):
             "architecture": type(model).__name__, "device": str(self.device), "dtype": str(self.torch_dtype),
             "attn_implementation": model.config._attn_implementation,
             "prompt": self.rendered_prompt, "prompt_template": self.prompt.identity,
+            "extraction": self.rule.identity,
             "prompt_language": self.prompt.language,
             "answer_tokens": {"yes": tokenizer.convert_ids_to_tokens(yes), "no": tokenizer.convert_ids_to_tokens(no)},
             "image_handling": "dataset crops as they are" if self.image_size is None
@@ -318,7 +324,7 @@ class HFVisionLanguage(PairVerifier):
         end = next((k for k, t in enumerate(ids) if t in self._eos_ids), len(ids))
         ids = ids[:end]
         text = tokenizer.decode(ids, skip_special_tokens=False)
-        answer = self.prompt.parse(text)
+        answer = self.rule.parse(self.prompt, text)
         if self.prompt.kind == "number":
             return {"score": answer.value, "decision": answer.decision, "answer": text, "answer_step": None}
         step = answer_start([tokenizer.decode(ids[:k + 1], skip_special_tokens=False) for k in range(len(ids))])

@@ -8,34 +8,48 @@ is parsed as the local backend parses it. When the server returns
 local backend's — log P(yes) − log P(no) over the answer-word variants found
 among ``top_logprobs`` at the answer's first token; a side absent from the top
 list counts as the smallest listed log-prob, an upper bound. When it does not
-(``transformers serve``), the score is the decision itself (1 / 0, NaN when
-invalid) and each pair's ``raw_output`` says ``"score_from": "decision"``, so
-the report can say that ROC and k-fold accuracy rest on hard decisions.
+(``transformers serve``), or lists no alternatives (empty ``top_logprobs``,
+where a log-odds would be 0 by construction), the score is the decision itself
+(1 / 0, NaN when invalid) and each pair's ``raw_output`` says ``"score_from":
+"decision"``, so the report can say that ROC and k-fold accuracy rest on hard
+decisions.
 
 The API key is read from the environment variable named by ``api_key_env``
 (``OPENAI_API_KEY`` by default) at request time; it is never stored in the
-settings, the manifest, the results or an error message.
+settings, the manifest, the results or an error message: what the server
+sends back is stored with the key and anything key-shaped redacted
+(:func:`redact`), and redirects are never followed, so the key only ever goes
+to the URL given (a redirect is that pair's error).
+
+A reply that is not JSON (retried), is larger than :data:`MAX_RESPONSE_BYTES`,
+or lacks the fields of a chat completion is that pair's error, naming the URL,
+and the other pairs go on; answers are stored cut to :data:`MAX_ANSWER_CHARS`.
 """
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import itertools
 import json
 import math
 import os
 import random
+import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 
 from facebench.models import BACKENDS, PairVerifier
-from facebench.prompts import DEFAULT_PROMPT, Prompt, answer_start, load_prompt
+from facebench.prompts import DEFAULT_PROMPT, Prompt, answer_start, load_reading, reading_identity
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+MAX_RESPONSE_BYTES = 8 << 20  # a reply larger than this is that pair's error, never read whole
+MAX_ANSWER_CHARS = 2000  # an answer (or error) is stored cut to this many characters, with its full length
 
 
 class APIError(RuntimeError):
@@ -64,12 +78,16 @@ def data_url(image: Image.Image) -> str:
 def logprob_score(content: list[dict], prompt: Prompt) -> tuple[float, int | None]:
     """Log-odds of the answer words at the answer's first token, from an OpenAI
     ``choices[0].logprobs.content`` list; ``(nan, None)`` when it holds no answer.
+    The answer's first token is found as the local backend finds it
+    (:func:`facebench.prompts.answer_start`: after think blocks, markup, quotes
+    and labels); NaN when that token lists no alternatives.
 
     Returns the score and the index of the token it was read at.
 
     >>> content = [{"token": "Yes", "logprob": -0.1, "top_logprobs": [
     ...     {"token": "Yes", "logprob": -0.1}, {"token": "No", "logprob": -2.4},
     ...     {"token": "yes", "logprob": -4.0}]}]
+    >>> from facebench.prompts import load_prompt
     >>> round(logprob_score(content, load_prompt("paper-yesno"))[0], 4)
     2.32
     """
@@ -78,7 +96,7 @@ def logprob_score(content: list[dict], prompt: Prompt) -> tuple[float, int | Non
     if i is None:
         return math.nan, None
     entry = content[i]
-    top = entry.get("top_logprobs") or [{"token": entry.get("token", ""), "logprob": entry.get("logprob")}]
+    top = entry.get("top_logprobs") or []  # the chosen token alone would be both sides: a log-odds of 0
     listed = [t["logprob"] for t in top if t.get("logprob") is not None]
     yes = [t["logprob"] for t in top if _is_word(t.get("token", ""), prompt.yes)]
     no = [t["logprob"] for t in top if _is_word(t.get("token", ""), prompt.no)]
@@ -110,6 +128,9 @@ class OpenAIChat(PairVerifier):
         ``<model name>@<base url>``, the base url ending before ``/chat/completions``.
     prompt : str
         Template name in ``facebench/prompts.yaml``.
+    extraction : str, optional
+        The rule of ``facebench/extraction.yaml`` that reads answers into
+        decisions; None: the template's own.
     max_tokens : int
         Length of the answer asked for.
     top_logprobs : int
@@ -131,18 +152,18 @@ class OpenAIChat(PairVerifier):
     requires = ()
     runtime = frozenset({"concurrency", "timeout", "max_retries", "api_key_env"})
 
-    def __init__(self, *, model: str, prompt: str = DEFAULT_PROMPT, max_tokens: int = 8, top_logprobs: int = 20,
-                 concurrency: int = 4, timeout: float = 120.0, max_retries: int = 5,
-                 api_key_env: str = "OPENAI_API_KEY", both_orders: bool = False):
+    def __init__(self, *, model: str, prompt: str = DEFAULT_PROMPT, extraction: str | None = None,
+                 max_tokens: int = 8, top_logprobs: int = 20, concurrency: int = 4, timeout: float = 120.0,
+                 max_retries: int = 5, api_key_env: str = "OPENAI_API_KEY", both_orders: bool = False):
         self.model_name, self.base_url = split_spec(model)
-        self.prompt: Prompt = load_prompt(prompt)
+        self.prompt, self.rule = load_reading(prompt, extraction)
         self.max_tokens, self.top_logprobs = int(max_tokens), int(top_logprobs)
         self.concurrency, self.timeout, self.max_retries = max(1, int(concurrency)), float(timeout), int(max_retries)
         self.api_key_env, self.both_orders = api_key_env, bool(both_orders)
 
     @classmethod
     def identity(cls, settings: dict) -> dict:
-        return {"prompt_template": load_prompt(settings.get("prompt", DEFAULT_PROMPT)).identity}
+        return reading_identity(settings)
 
     @classmethod
     def unavailable(cls, settings: dict) -> str | None:
@@ -155,6 +176,7 @@ class OpenAIChat(PairVerifier):
     def info(self) -> dict:
         return {"model_id": self.model_name, "revision": None, "device": f"server {self.base_url}",
                 "prompt": self.prompt.question, "prompt_template": self.prompt.identity,
+                "extraction": self.rule.identity,
                 "prompt_language": self.prompt.language,
                 "image_handling": "dataset crops as PNG data URLs, as they are",
                 "score_source": "log-probs where the server returns them, else the decision (see raw_output)",
@@ -163,7 +185,7 @@ class OpenAIChat(PairVerifier):
     def score_pairs(self, pairs: list[tuple[Image.Image, Image.Image]]) -> list[dict]:
         jobs = list(pairs) + ([(b, a) for a, b in pairs] if self.both_orders else [])
         with ThreadPoolExecutor(self.concurrency) as pool:
-            results = list(pool.map(self._ask, jobs))
+            results = list(pool.map(self._answer, jobs))
         rows = []
         for i, ab in enumerate(results[:len(pairs)]):
             raw = {k: ab[k] for k in ("answer", "score_from", "answer_token", "usage")}
@@ -175,6 +197,27 @@ class OpenAIChat(PairVerifier):
                 row["error"] = ab["error"]
             rows.append(row)
         return rows
+
+    def _answer(self, pair) -> dict:
+        """:meth:`_ask`, made safe to store: an answer it cannot use is that pair's error (naming the
+        URL) and the run goes on; what the server sent is redacted (:func:`redact`) and capped at
+        :data:`MAX_ANSWER_CHARS`; ``usage`` keeps its numbers only."""
+        url = f"{self.base_url}/chat/completions"
+        try:
+            result = self._ask(pair)
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:  # a malformed answer
+            result = {"score": math.nan, "decision": None, "answer": None, "score_from": None,
+                      "answer_token": None, "usage": None, "error": f"{type(exc).__name__}: {exc}"}
+        if result.get("error") and url not in result["error"]:
+            result["error"] = f"{url}: unusable answer ({result['error']})"
+        secret = os.environ.get(self.api_key_env)
+        for key in ("answer", "error"):
+            if result.get(key) is not None:
+                result[key] = _cap(redact(str(result[key]), secret))
+        usage = result.get("usage")
+        result["usage"] = {k: v for k, v in usage.items() if isinstance(v, (int, float))} \
+            if isinstance(usage, dict) else None
+        return result
 
     def _ask(self, pair) -> dict:
         a, b = pair
@@ -191,13 +234,13 @@ class OpenAIChat(PairVerifier):
         except (APIError, KeyError, IndexError, TypeError) as exc:
             return {"score": math.nan, "decision": None, "answer": None, "score_from": None,
                     "answer_token": None, "usage": None, "error": f"{type(exc).__name__}: {exc}"}
-        answer = self.prompt.parse(text)
+        answer = self.rule.parse(self.prompt, text)
         content = (choice.get("logprobs") or {}).get("content")
         if self.prompt.kind == "number":
             score, source, at = answer.value, "number", None
-        elif content:
+        elif any(isinstance(entry, dict) and entry.get("top_logprobs") for entry in content or ()):
             (score, at), source = logprob_score(content, self.prompt), "logprobs"
-        else:
+        else:  # no log-probs, or no alternatives to the chosen tokens (top_logprobs empty)
             score = float(answer.decision) if answer.decision in (0, 1) else math.nan
             source, at = "decision", None
         return {"score": score, "decision": answer.decision, "answer": text, "score_from": source,
@@ -212,20 +255,72 @@ class OpenAIChat(PairVerifier):
         url = self.base_url + path
         for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(url, data=data, headers=headers, method="POST")
+            last = attempt == self.max_retries
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read())
+                with _OPENER.open(request, timeout=self.timeout) as response:
+                    answer = response.read(MAX_RESPONSE_BYTES + 1)
+                if len(answer) > MAX_RESPONSE_BYTES:
+                    raise APIError(f"{url} answered more than {MAX_RESPONSE_BYTES} bytes; the rest was not read")
+                try:
+                    return json.loads(answer)
+                except ValueError:  # e.g. a proxy's HTML error page: may pass, so retried
+                    if last:
+                        raise APIError(f"{url} answered with something that is not JSON after {attempt + 1} "
+                                       f"attempts: {_snippet(answer, key)}") from None
+                    wait = _backoff(attempt)
             except urllib.error.HTTPError as exc:
-                detail = exc.read()[:300].decode("utf-8", "replace")
-                if exc.code not in RETRY_STATUS or attempt == self.max_retries:
-                    raise APIError(f"{url} answered HTTP {exc.code}: {detail}") from None
+                if 300 <= exc.code < 400:
+                    to = _origin(exc.headers.get("Location"))
+                    raise APIError(f"{url} answered HTTP {exc.code}, a redirect to {to}: not followed, so the key "
+                                   f"never leaves {_origin(url)}; give the final URL in the model spec") from None
+                if exc.code not in RETRY_STATUS or last:
+                    raise APIError(f"{url} answered HTTP {exc.code}: {_snippet(exc.read(300), key)}") from None
                 wait = _retry_after(exc.headers.get("Retry-After")) or _backoff(attempt)
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                if attempt == self.max_retries:
-                    raise APIError(f"{url}: {getattr(exc, 'reason', exc)} after {attempt + 1} attempts") from None
+            except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
+                if last:
+                    raise APIError(f"{url}: {getattr(exc, 'reason', None) or type(exc).__name__} after "
+                                   f"{attempt + 1} attempts") from None
                 wait = _backoff(attempt)
             time.sleep(wait)
         raise AssertionError("unreachable")
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the 3xx as an HTTPError: a redirect is never followed
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects())
+# Key-shaped text: a bearer token, an OpenAI-style key, or the value after a key-like name.
+_KEYISH = re.compile(r"(?i)(bearer\s+)[^\s\"',;]+|\bsk-[A-Za-z0-9_\-]{8,}|"
+                     r"((?:api[_-]?key|x-api-key|authorization|access[_-]?token|secret)"
+                     r"[\"']?\s*[:=]\s*[\"']?(?:bearer\s+)?)[^\s\"',;}]+")
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """``text`` with ``secret`` and anything key-shaped replaced by ``[redacted]``.
+
+    >>> redact('echo: {"Authorization": "Bearer sk-abc123456789"} api_key=zzz ok', "zzz")
+    'echo: {"Authorization": "Bearer [redacted]"} api_key=[redacted] ok'
+    """
+    if secret:
+        text = text.replace(secret, "[redacted]")
+    return _KEYISH.sub(lambda m: (m[1] or m[2] or "") + "[redacted]", text)
+
+
+def _cap(text: str) -> str:
+    if len(text) <= MAX_ANSWER_CHARS:
+        return text
+    return text[:MAX_ANSWER_CHARS] + f" … [cut: {len(text)} characters in all]"
+
+
+def _snippet(body: bytes, secret: str | None) -> str:
+    return redact(" ".join(body[:300].decode("utf-8", "replace").split()), secret)
+
+
+def _origin(url: str | None) -> str:
+    parts = urllib.parse.urlsplit(url or "")
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else repr(url)
 
 
 def _backoff(attempt: int) -> float:
