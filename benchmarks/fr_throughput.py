@@ -3,12 +3,16 @@
     python benchmarks/fr_throughput.py --model arcface-r50 --dataset demo --device cpu --json
     python benchmarks/fr_throughput.py --model onnx:/path/to/model.onnx --device cuda
     python benchmarks/fr_throughput.py --model dlib
+    python benchmarks/fr_throughput.py --model sface --aligner yunet --compare-aligners --json
 
 Each unique image of the dataset is embedded once per repeat, in batches as
 ``facebench evaluate`` sends them (with the dataset's landmarks where it has
 them). The clock covers alignment, preprocessing and the forward pass only:
 the model is loaded, the images decoded and one warm-up batch run before it
-starts. The figure reported is the median over ``--repeat`` passes.
+starts. The figure reported is the median over ``--repeat`` passes, with the
+machine it ran on. ``--aligner`` sets an ONNX model's aligner (dlib or yunet).
+``--compare-aligners`` also times each aligner alone on the same images, as
+they are: images per second and the fraction in which it found a face.
 
 Exit status: 0 measured; 2 the model is not available on this machine (e.g. its
 weights file is missing; the message says where to put it); 1 other errors.
@@ -17,7 +21,10 @@ With ``--json`` the last stdout line is strict JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -48,6 +55,40 @@ def measure(verifier, images: list, landmarks: list, *, batch_size: int, repeat:
     return seconds, notes
 
 
+def machine() -> dict:
+    """The CPU, core count and platform the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+
+
+def compare_aligners(images: list, *, upsample: int = 1) -> dict:
+    """Per aligner: images/s of finding the five landmarks in each image as it is, the fraction
+    of images in which it found a face, or why it cannot run here."""
+    import numpy as np
+
+    from facebench.backends.onnx_fr import aligner_problem, model_path
+    from facebench.detectors import ALIGNERS, landmark_finder, yunet_entry
+
+    pixels = [np.ascontiguousarray(np.asarray(im.convert("RGB"))) for im in images]
+    out = {}
+    for aligner in ALIGNERS:
+        why = aligner_problem(aligner)
+        if why:
+            out[aligner] = {"not_available": why}
+            continue
+        find = landmark_finder(aligner, upsample=upsample, yunet_path=model_path(yunet_entry()["file"]))
+        find(pixels[0])  # warm-up: model loads
+        t0 = time.perf_counter()
+        found = sum(find(p) is not None for p in pixels)
+        seconds = time.perf_counter() - t0
+        out[aligner] = {"images_per_s": round(len(pixels) / seconds, 2), "found": found,
+                        "fraction_found": round(found / len(pixels), 4)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="registry name (e.g. arcface-r50, sface, dlib) or onnx:<file>")
@@ -58,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=32, help="images per embed call (default 32)")
     p.add_argument("--repeat", type=int, default=3, help="timed passes; the median is reported (default 3)")
     p.add_argument("--limit", type=int, help="time only the first N unique images")
+    p.add_argument("--aligner", choices=["dlib", "yunet"], help="an ONNX model's aligner (default: its setting)")
+    p.add_argument("--compare-aligners", action="store_true",
+                   help="also time dlib and YuNet alone on the images: images/s and fraction of faces found")
     p.add_argument("--json", action="store_true", help="end with one strict-JSON line")
     args = p.parse_args(argv)
     if args.batch_size < 1 or args.repeat < 1:
@@ -66,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from facebench.datasets import load_dataset
     from facebench.models import resolve
 
-    spec = resolve(args.model)
+    spec = resolve(args.model, {"aligner": args.aligner} if args.aligner else None)
     ok, why = spec.availability()
     if not ok:
         print(f"{args.model}: not available: {why}", file=sys.stderr)
@@ -98,10 +142,18 @@ def main(argv: list[str] | None = None) -> int:
         "n_images": len(images), "batch_size": args.batch_size, "repeat": args.repeat,
         "seconds": [round(s, 4) for s in seconds], "images_per_s": round(len(images) / median, 2),
         "device": info.get("device"), "provider": info.get("provider"), "model_id": info.get("model_id"),
-        "sha256": info.get("sha256"), "alignment": dict(Counter(notes)),
+        "sha256": info.get("sha256"), "aligner": info.get("preprocessing", {}).get("aligner"),
+        "alignment": dict(Counter(notes)), "machine": machine(),
     }
     print(f"{spec.spec} on {ds.name}: {result['images_per_s']} images/s ({len(images)} images, batch "
-          f"{args.batch_size}, median of {args.repeat}, device {result['device']})")
+          f"{args.batch_size}, median of {args.repeat}, device {result['device']}, {result['machine']['cpu']}, "
+          f"{result['machine']['cores']} cores)")
+    if args.compare_aligners:
+        result["aligners"] = compare_aligners(images, upsample=spec.settings.get("upsample", 1))
+        for name, r in result["aligners"].items():
+            print(f"  aligner {name}: " + (f"not available: {r['not_available']}" if "not_available" in r else
+                                            f"{r['images_per_s']} images/s, a face found in {r['found']} of "
+                                            f"{len(images)} images"))
     if args.json:
         print(json.dumps(result, allow_nan=False))
     return 0

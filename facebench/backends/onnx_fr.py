@@ -1,10 +1,11 @@
 """Face-recognition models in ONNX format, run through onnxruntime.
 
 The field's baselines ship as ONNX files: insightface's ArcFace packs
-(buffalo_l ``w600k_r50.onnx``, antelopev2 ``glintr100.onnx``) and OpenCV's
-SFace (``face_recognition_sface_2021dec.onnx``); ``facebench/models.yaml`` names
-them, and ``onnx:<file>`` runs any other file. The weights are not
-redistributable, so the user places them under :func:`facebench.paths.models_root`.
+(buffalo_l ``w600k_r50.onnx``, antelopev2 ``glintr100.onnx``), OpenCV's SFace
+and a 512-d MobileFaceNet; ``facebench/models.yaml`` names them, and
+``onnx:<file>`` runs any other file. Each file lives under
+:func:`facebench.paths.models_root`, fetched by ``facebench models fetch``
+(:mod:`facebench.fetch`) or placed by hand.
 
 Per image, the face reaches the network's input size as follows (the note goes
 into each pair's ``raw_output``):
@@ -14,8 +15,9 @@ into each pair's ``raw_output``):
 ``aligned:dataset``
     the dataset's five landmarks → similarity warp onto the ArcFace template
     (:func:`facebench.align.warp_to_template`);
-``aligned:dlib68``
-    dlib's HOG detector and 68-point model give the five points, same warp;
+``aligned:dlib68`` / ``aligned:yunet``
+    the setting ``aligner`` picks who finds the five points, same warp: dlib's HOG
+    detector and 68-point model, or YuNet (:mod:`facebench.detectors`);
 ``no face: centre crop``
     the centred square, resized.
 
@@ -39,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from facebench.align import centre_crop, check_landmarks, warp_to_template
+from facebench.detectors import ALIGNERS, landmark_finder, yunet_entry
 from facebench.files import file_sha256
 from facebench.models import BACKENDS, EmbeddingVerifier
 from facebench.paths import PROJECT_ROOT, models_root
@@ -81,19 +84,24 @@ def _registry_entry(model: str) -> tuple[str, dict] | None:
     return None
 
 
-def file_problem(model: str, expected_sha256: str | None = None) -> str | None:
+def file_problem(model: str, expected_sha256: str | None = None, *, entry: dict | None = None) -> str | None:
     """Why the file ``model`` cannot be used (missing, or not the file the registry
-    pins by ``expected_sha256``), or None."""
+    pins by ``expected_sha256``), or None. ``entry`` gives its ``obtain`` and
+    ``licence`` (default: the models.yaml entry that names the file)."""
+    from facebench.fetch import fetch_hint
+
     path = model_path(model)
     if not path.is_file():
-        found = _registry_entry(model)
-        origin = f" (from {found[1]['obtain']}; licence: {found[1]['licence']})" if found else ""
+        entry = entry or (_registry_entry(model) or (None, None))[1]
+        origin = f" (from {entry['obtain']}; licence: {entry['licence']})" if entry else ""
         relative = not Path(model).expanduser().is_absolute()
         hint = " (or set FACEBENCH_MODELS to the folder holding it)" if relative else ""
         folder = path.parent
         if folder.is_relative_to(PROJECT_ROOT):  # the book shows this: no machine paths in it
             folder = folder.relative_to(PROJECT_ROOT)
-        return f"place {path.name}{origin} under {folder}/{hint} — see facebench/models.yaml"
+        command = fetch_hint(path.name) if relative else None
+        fetch = f", or run `{command}`" if command else ""
+        return f"place {path.name}{origin} under {folder}/{hint}{fetch} — see facebench/models.yaml"
     if expected_sha256:
         actual = _cached_sha256(path)
         if actual != expected_sha256.lower():
@@ -112,9 +120,10 @@ def graph_preprocessing(path: Path, *, layout: str | None = None) -> dict:
 
     model = onnx.load(str(path), load_external_data=False)
     graph = model.graph
-    weights = {init.name for init in graph.initializer}
-    # Old exports list the weights among the inputs too; the image is the first that is not one.
-    data = next(i for i in graph.input if i.name not in weights)
+    weights, read = {init.name for init in graph.initializer}, _names_read(graph)
+    # Old exports list the weights among the inputs too, and some list inputs nothing reads
+    # (see runnable_model): the image is the first input that is neither.
+    data = next(i for i in graph.input if i.name not in weights and i.name in read)
     dims = [d.dim_value if d.HasField("dim_value") else None for d in data.type.tensor_type.shape.dim]
     if len(dims) != 4:
         raise ValueError(f"{path}: input {data.name!r} has shape {dims}, not (batch, 3, height, width) "
@@ -130,6 +139,75 @@ def graph_preprocessing(path: Path, *, layout: str | None = None) -> dict:
     mean, std = (0.0, 1.0) if normalises_inside else (INSIGHTFACE_MEAN, INSIGHTFACE_STD)
     return {"input_size": [w, h], "layout": layout, "batch": dims[0] if dims[0] else None,
             "mean": mean, "std": std, "input_name": data.name, "output_name": graph.output[0].name}
+
+
+def _names_read(graph) -> set[str]:
+    """Every value name a node of ``graph`` or of its subgraphs reads, and the graph's outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                names |= _names_read(sub)
+    return names
+
+
+def runnable_model(path: Path, *, free_size: bool = False) -> tuple[str | bytes, list[str]]:
+    """The ONNX file at ``path`` as onnxruntime can run it, and the repairs made, in
+    memory only: the file is never changed, so its sha256 stays the published one.
+
+    - Graph inputs that no node reads are dropped. OpenCV Zoo's int8bq SFace declares
+      29 (the float weights its quantised copies replaced); onnxruntime demands a value
+      for every input and refuses the file as shipped.
+    - A DequantizeLinear whose scale is a single number loses its ``block_size``: one
+      block and one scale for the whole tensor are the same arithmetic, but onnxruntime
+      refuses a block size on a per-tensor scale (OpenCV Zoo's int8bq YuNet).
+    - With ``free_size``, the first input's height and width and the outputs' shapes
+      are left open, for a fully convolutional graph that declares one size (YuNet,
+      which OpenCV too runs at the size of each image).
+
+    Returns the path itself (as a string) when nothing needed repairing, else the
+    repaired model's bytes.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    read = _names_read(graph)
+    stale = [i for i in graph.input if i.name not in read]
+    dims = {init.name: list(init.dims) for init in graph.initializer}
+    per_tensor = [node for node in graph.node if node.op_type == "DequantizeLinear" and len(node.input) > 1
+                  and len(dims.get(node.input[1], [0, 0])) <= 1 and int(np.prod(dims[node.input[1]])) == 1
+                  and any(a.name == "block_size" and a.i for a in node.attribute)]
+    if not stale and not per_tensor and not free_size:
+        return str(path), []
+    if free_size:
+        for axis, name in ((2, "height"), (3, "width")):
+            graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+        for output in graph.output:
+            output.type.tensor_type.ClearField("shape")
+    for i in stale:
+        graph.input.remove(i)
+    for node in per_tensor:
+        kept = [a for a in node.attribute if a.name not in ("block_size", "axis")]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    repairs = [f"dropped {len(stale)} graph input(s) no node reads"] if stale else []
+    if per_tensor:
+        repairs.append(f"removed block_size from {len(per_tensor)} per-tensor DequantizeLinear node(s)")
+    if free_size:
+        repairs.append("input height and width left open")
+    return model.SerializeToString(), repairs
+
+
+def inference_session(path: Path, providers: list[str], *, free_size: bool = False):
+    """An onnxruntime session of the file at ``path`` (see :func:`runnable_model`) and the repairs made."""
+    import onnxruntime as ort
+
+    model, repairs = runnable_model(path, free_size=free_size)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+    return ort.InferenceSession(model, options, providers=providers), repairs
 
 
 def to_tensor(images: list[Image.Image], *, mean=INSIGHTFACE_MEAN, std=INSIGHTFACE_STD, channels: str = "rgb",
@@ -167,6 +245,15 @@ def to_tensor(images: list[Image.Image], *, mean=INSIGHTFACE_MEAN, std=INSIGHTFA
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "nchw" else x)
 
 
+def aligner_problem(aligner: str | None) -> str | None:
+    """Why the aligner cannot run here (YuNet's file missing or not the pinned one), or None."""
+    if aligner != "yunet":
+        return None
+    entry = yunet_entry()
+    why = file_problem(entry["file"], entry["sha256"], entry=entry)
+    return f"aligner yunet: {why}" if why else None
+
+
 @BACKENDS.register("onnx")
 class OnnxFaceRecognizer(EmbeddingVerifier):
     """An ONNX face-recognition model; score = cosine similarity of the embeddings.
@@ -177,7 +264,9 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
     ``std`` (None: from the graph, see the module docstring); ``channels``
     ``"rgb"``/``"bgr"``; ``flip`` flip-augmented embeddings; ``threshold`` a
     published cosine cut-off for hard decisions (None: no decisions);
-    ``upsample`` dlib HOG upsampling for photos without landmarks.
+    ``aligner`` who finds the five landmarks in photos that are neither crops
+    nor given landmarks, ``"dlib"`` or ``"yunet"`` (:mod:`facebench.detectors`);
+    ``upsample`` dlib HOG upsampling there.
 
     How it runs is not a setting: attribute ``device`` picks the execution
     provider, ``"auto"`` (CUDA where onnxruntime has it, else CPU), ``"cpu"`` or
@@ -189,8 +278,10 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
 
     def __init__(self, *, model: str, sha256: str | None = None, input_size=None, mean=None, std=None,
                  channels: str = "rgb", layout: str | None = None, flip: bool = True,
-                 threshold: float | None = None, upsample: int = 1):
-        problem = file_problem(model, sha256)
+                 threshold: float | None = None, aligner: str = "dlib", upsample: int = 1):
+        if aligner not in ALIGNERS:
+            raise ValueError(f"model {model!r}: setting aligner must be one of {', '.join(ALIGNERS)}, got {aligner!r}")
+        problem = file_problem(model, sha256) or aligner_problem(aligner)
         if problem:
             raise ValueError(f"model {model!r}: {problem}")
         if channels not in ("rgb", "bgr"):
@@ -215,7 +306,9 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
             raise ValueError(f"model {model!r}: setting std must not be 0, got {self.std!r}")
         self.channels, self.flip = channels, bool(flip)
         self.threshold = None if threshold is None else float(threshold)
-        self.upsample = int(upsample)
+        self.aligner, self.upsample = aligner, int(upsample)
+        self._find = landmark_finder(aligner, upsample=self.upsample,
+                                     yunet_path=model_path(yunet_entry()["file"]) if aligner == "yunet" else None)
         self._fixed_batch, self._input, self._output = graph["batch"], graph["input_name"], graph["output_name"]
         self.device, self.batch_size = "auto", DEFAULT_BATCH_SIZE
         if sha256 is None:
@@ -236,7 +329,7 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
             return why
         if not settings.get("model"):
             return "no model file: the settings lack `model`"
-        return file_problem(settings["model"], settings.get("sha256"))
+        return file_problem(settings["model"], settings.get("sha256")) or aligner_problem(settings.get("aligner"))
 
     @classmethod
     def identity(cls, settings: dict) -> dict:
@@ -259,19 +352,25 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
                              f"(it has {available}); install onnxruntime-gpu")
         cuda = self.device != "cpu" and "CUDAExecutionProvider" in available
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
-        return ort.InferenceSession(str(self.path), options, providers=providers)
+        session, self._repairs = inference_session(self.path, providers)
+        return session
 
     def info(self) -> dict:
         import onnxruntime as ort
 
+        from facebench.fetch import weights_source
+
         provider = self._session.get_providers()[0]
+        aligner = {"aligner": self.aligner}
+        if self.aligner == "yunet":
+            aligner["aligner_file"] = yunet_entry()["file"]
+            aligner["aligner_sha256"] = yunet_entry()["sha256"]
         return {"model_id": self.path.name, "model_file": str(self.path), "sha256": self.sha256,
+                "weights_source": weights_source(self.path, self.sha256), "graph_repairs": self._repairs,
                 "revision": f"onnxruntime {ort.__version__}",
                 "device": "cuda" if provider == "CUDAExecutionProvider" else "cpu", "provider": provider,
                 "preprocessing": {"input_size": self.size, "layout": self.layout, "channels": self.channels,
-                                  "mean": self.mean, "std": self.std, "flip": self.flip}}
+                                  "mean": self.mean, "std": self.std, "flip": self.flip, **aligner}}
 
     def align(self, image: Image.Image, landmarks: np.ndarray | None = None) -> tuple[Image.Image, str]:
         """The face at the network's input size, and how it was found (module docstring)."""
@@ -279,12 +378,10 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
             return image.convert("RGB"), "pre-aligned"
         if landmarks is not None:
             return warp_to_template(image, check_landmarks(landmarks), self.size), "aligned:dataset"
-        from facebench.backends.dlib_resnet import detect_arcface_landmarks
-
-        found = detect_arcface_landmarks(np.asarray(image.convert("RGB")), upsample=self.upsample)
+        found = self._find(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
         if found is None:
             return centre_crop(image, self.size), "no face: centre crop"
-        return warp_to_template(image, found, self.size), "aligned:dlib68"
+        return warp_to_template(image, found, self.size), "aligned:dlib68" if self.aligner == "dlib" else "aligned:yunet"
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """Network outputs (n, dim) for inputs ``x``, in runs of the graph's fixed batch size if it has one."""
