@@ -50,15 +50,52 @@ def _crop(face: dict, source: Path) -> tuple[Image.Image, str]:
     return warp_to_template(image, arcface_landmarks(pixels, box)), f"{how}, 68-point landmarks"
 
 
-def make_pairs(identities: dict[str, str], *, n_folds: int, n_impostor: int, seed: int) -> list[list]:
-    """Every genuine pair plus a seeded sample of impostor pairs, dealt round-robin into folds."""
+def make_pairs(identities: dict[str, str], *, n_folds: int, n_impostor: int, seed: int,
+               looks: dict[str, str] | None = None) -> list[list]:
+    """Every genuine pair plus a seeded sample of impostor pairs, dealt round-robin into folds.
+
+    With ``looks`` (image → a low-level kind, e.g. "grayscale" or "colour"), the impostor
+    pairs are drawn within each kind of pair (the two images' looks, in either order) in the
+    proportions the genuine pairs have. Otherwise a look shared by one person's photos
+    (the four grayscale Yale lightings) tells genuine pairs apart with no identity at all,
+    and a model that only sees colour would seem to recognise faces.
+    """
     combos = list(itertools.combinations(sorted(identities), 2))
     genuine = [c for c in combos if identities[c[0]] == identities[c[1]]]
     impostor = [c for c in combos if identities[c[0]] != identities[c[1]]]
-    picked = np.random.default_rng(seed).choice(len(impostor), size=n_impostor, replace=False)
+    rng = np.random.default_rng(seed)
+    if looks is None:
+        picked = rng.choice(len(impostor), size=n_impostor, replace=False).tolist()
+    else:
+        def kind(pair):
+            return tuple(sorted(looks[k] for k in pair))
+
+        picked = []
+        for k, n in _quota([kind(c) for c in genuine], n_impostor).items():
+            pool = [i for i, c in enumerate(impostor) if kind(c) == k]
+            if len(pool) < n:
+                raise ValueError(f"matching the genuine pairs' looks needs {n} impostor pairs of two {' and '.join(k)} "
+                                 f"images, but the faces give only {len(pool)}: add such faces to {RECIPE.name}")
+            picked += rng.choice(pool, size=n, replace=False).tolist()
     pairs = [[i % n_folds, a, b, True] for i, (a, b) in enumerate(genuine)]
     pairs += [[i % n_folds, *impostor[j], False] for i, j in enumerate(sorted(picked))]
     return sorted(pairs, key=lambda p: (p[0], not p[3]))
+
+
+def _quota(kinds: list, total: int) -> dict:
+    """``total`` split over the kinds in proportion to how often each occurs (largest remainder)."""
+    counts = {k: kinds.count(k) for k in dict.fromkeys(kinds)}
+    exact = {k: total * c / len(kinds) for k, c in counts.items()}
+    quota = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: quota[k] - exact[k])[:total - sum(quota.values())]:
+        quota[k] += 1
+    return quota
+
+
+def look(image: Image.Image) -> str:
+    """The image's look: "grayscale" when its three channels are equal everywhere, else "colour"."""
+    pixels = np.asarray(image.convert("RGB"))
+    return "grayscale" if (pixels == pixels[..., :1]).all() else "colour"
 
 
 def build(source_dir: Path | None = None, *, out_dir: Path = DEMO_DIR, manifest: Path = MANIFEST) -> Path:
@@ -72,6 +109,8 @@ def build(source_dir: Path | None = None, *, out_dir: Path = DEMO_DIR, manifest:
         if not source.is_file():
             raise FileNotFoundError(f"demo source photo missing: {source}")
         crop, how = _crop(face, source)
+        if face.get("grayscale"):
+            crop, how = crop.convert("L").convert("RGB"), f"{how}, converted to grayscale"
         target = out_dir / f"{face['id']}.png"
         crop.save(target)
         images.append({
@@ -81,8 +120,16 @@ def build(source_dir: Path | None = None, *, out_dir: Path = DEMO_DIR, manifest:
             **({"region": face["region"]} if "region" in face else {}),
             "alignment": how, "sha256": file_sha256(target),
         })
+    return write_manifest(images, recipe, out_dir=out_dir, manifest=manifest)
+
+
+def write_manifest(images: list[dict], recipe: dict, *, out_dir: Path = DEMO_DIR, manifest: Path = MANIFEST) -> Path:
+    """The manifest of the crops ``images`` describes (in ``out_dir``): each image with its look
+    (:func:`look`, read from the crop), and the pairs :func:`make_pairs` draws, matched on looks."""
+    images = [{**im, "look": look(Image.open(out_dir / im["file"]))} for im in images]
     pairs = make_pairs({im["id"]: im["identity"] for im in images}, n_folds=recipe["n_folds"],
-                       n_impostor=recipe["n_impostor_pairs"], seed=recipe["seed"])
+                       n_impostor=recipe["n_impostor_pairs"], seed=recipe["seed"],
+                       looks={im["id"]: im["look"] for im in images})
     doc = {
         "name": "demo", "full_name": "facebench demo set (real photos, aligned 112x112)",
         "version": recipe["version"], "n_folds": recipe["n_folds"], "expected_pairs": len(pairs),

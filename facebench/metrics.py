@@ -32,7 +32,13 @@ __all__ = [
     "det_curve",
     "kfold_decisions",
     "bootstrap_ci",
+    "identity_clusters",
     "mcnemar_test",
+    "holm_adjust",
+    "binomial_ci",
+    "auc_permutation_test",
+    "false_accepts_at_far",
+    "MIN_FALSE_ACCEPTS",
 ]
 
 
@@ -262,6 +268,41 @@ def tar_at_far(scores, labels, far):
     return float(tpr[fpr <= far].max())
 
 
+# Doddington's rule of 30: an error rate is trusted only when it rests on at least 30 errors.
+MIN_FALSE_ACCEPTS = 30
+
+
+def false_accepts_at_far(scores, labels, far):
+    """Impostor pairs at or above the threshold `tar_at_far` reads its TAR at.
+
+    That threshold is the lowest score whose false accept rate is at most
+    `far` (the largest TAR it allows). TAR@FAR rests on these false accepts:
+    with fewer than `MIN_FALSE_ACCEPTS` (Doddington's rule of 30) the FAR it
+    stands for is not measured well, and the report says "not resolved".
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_pairs,)
+    labels : array-like of shape (n_pairs,)
+    far : float
+        In (0, 1].
+
+    Returns
+    -------
+    n : int
+
+    Examples
+    --------
+    >>> false_accepts_at_far([0.9, 0.8, 0.7, 0.6, 0.5], [1, 0, 1, 0, 1], 0.5)
+    1
+    """
+    far = _check_far(far)
+    fpr, _, _ = roc_curve(scores, labels)
+    n_impostor = int(np.sum(~_as_labels(labels)))
+    # fpr never decreases, so the allowed points come first and the last of them is the lowest threshold.
+    return int(round(fpr[np.flatnonzero(fpr <= far)[-1]] * n_impostor))
+
+
 # ------------------------------------------------------------ accuracy-based
 
 
@@ -278,7 +319,9 @@ def _best_threshold(scores, labels):
     # Between adjacent floats the midpoint may round up onto the upper value.
     mids = np.where(mids < distinct[1:], mids, distinct[:-1])
     candidates = np.r_[-np.inf, mids, np.inf]
-    return float(candidates[np.argmax(correct)])
+    # The last maximum: of tied thresholds the strictest, as insightface (the first of its
+    # increasing distance grid, i.e. the highest similarity cut-off).
+    return float(candidates[len(correct) - 1 - np.argmax(correct[::-1])])
 
 
 def best_threshold(scores, labels):
@@ -287,7 +330,14 @@ def best_threshold(scores, labels):
     The candidates are ``-inf``, the midpoints between consecutive distinct
     scores, and ``+inf``; they are scored at once with cumulative sums over
     the sorted scores. When several candidates reach the best accuracy, the
-    smallest one is returned.
+    largest (strictest) one is returned, as insightface's ``calculate_roc``
+    does: it scans distance thresholds upwards and keeps the first maximum.
+    insightface's candidates are a fixed 0.01 grid of distances, these the
+    midpoints between the scores. On distances that lie on its grid the two
+    protocols' k-fold accuracies differ by less than 0.05 points
+    (tests/test_metrics.py checks it against a re-implementation of
+    insightface's protocol); on continuous distances the grid's coarseness
+    alone moved its accuracy by up to 0.3 points in LFW-sized simulations.
 
     Parameters
     ----------
@@ -305,8 +355,8 @@ def best_threshold(scores, labels):
 
     Examples
     --------
-    >>> best_threshold([0.1, 0.4, 0.4, 0.8], [0, 1, 0, 1])
-    0.25
+    >>> best_threshold([0.125, 0.375, 0.375, 0.875], [0, 1, 0, 1])  # 0.25 and 0.625 tie
+    0.625
     """
     scores, labels = _check_pairs(scores, labels)
     if not len(scores):
@@ -404,34 +454,33 @@ def _kfold_summary(scores, labels, folds):
 def _roc_summary(scores, labels, fars):
     n_pos = int(labels.sum())
     if n_pos in (0, len(labels)):
-        out = {"auc": math.nan, "eer": math.nan}
+        out = {"auc": math.nan, "eer": math.nan, "tar_false_accepts": {}, "tar_unresolved": []}
         return out | {far_key(far): math.nan for far in fars}
     out = {"auc": roc_auc_score(scores, labels), "eer": equal_error_rate(scores, labels)}
-    return out | {far_key(far): tar_at_far(scores, labels, far) for far in fars}
+    accepts = {far_key(far): false_accepts_at_far(scores, labels, far) for far in fars}
+    return out | {far_key(far): tar_at_far(scores, labels, far) for far in fars} | {
+        "tar_false_accepts": accepts, "tar_unresolved": [k for k, n in accepts.items() if n < MIN_FALSE_ACCEPTS]}
 
 
-def _flags(report, fars, n_imp_finite, n_finite, n_bad_decisions):
-    flags = []
-    for far in fars:
-        if n_imp_finite and far * n_imp_finite < 1:
-            flags.append(
-                f"TAR@FAR={far_key(far)[len('tar_at_far_'):]} is not resolved: "
-                f"{n_imp_finite} impostor pairs give a FAR floor of {report['far_floor']:.1e}"
-            )
+def _flags(report, n_imp_finite, n_finite, n_bad_decisions, n_bad_scored):
+    flags = [f"TAR@FAR={key[len('tar_at_far_'):]} is not resolved: {report['tar_false_accepts'][key]} of the "
+             f"{n_imp_finite} impostor pairs lie at or above its threshold, and Doddington's rule of 30 asks "
+             f"for at least {MIN_FALSE_ACCEPTS}" for key in report["tar_unresolved"]]
     if math.isnan(report["auc"]):
         flags.append("AUC, EER and TAR@FAR are undefined: the pairs with a finite "
                      "score do not hold both genuine and impostor pairs")
     if not report["fold_accuracies"]:
         flags.append("k-fold accuracy is undefined: the pairs with a finite score "
                      "fall in fewer than 2 folds")
-    n_invalid = report["n_pairs"] - report["n_valid"]
-    if n_invalid:
-        flags.append(
-            f"{n_invalid} of {report['n_pairs']} pairs have no valid output "
-            f"({report['n_pairs'] - n_finite} non-finite scores, {n_bad_decisions} "
-            f"invalid decisions); score metrics use only the {n_finite} pairs with "
-            "a finite score"
-        )
+    if n_finite < report["n_pairs"]:
+        flags.append(f"{report['n_pairs'] - n_finite} of {report['n_pairs']} pairs have no score (no output, or "
+                     f"an answer whose score is the answer itself and could not be read): score metrics use "
+                     f"the other {n_finite}")
+    if n_bad_decisions:
+        flags.append(f"{n_bad_decisions} of {report['n_pairs']} pairs have no decision (no output, or an answer "
+                     "that could not be read): they lower the acquire rate and count as wrong in own-answer "
+                     f"accuracy over all pairs; the {n_bad_scored} of them with a score (log-odds read at the "
+                     "answer's first token) stay in the score metrics")
     return flags
 
 
@@ -449,11 +498,19 @@ def _hard_summary(decisions, labels):
 def verification_report(scores, labels, folds, *, decisions=None, fars=(1e-2, 1e-3)):
     """All verification metrics for one model on one pair list.
 
-    Pairs without a valid output (non-finite score, or invalid decision when
-    `decisions` is given) lower `acquire_rate` and are never counted as
-    "different". Score metrics (k-fold accuracy, AUC, EER, TAR@FAR,
-    `far_floor`) use the pairs with a finite score; hard accuracies use the
-    decisions alone. Undefined metrics are NaN rather than errors.
+    One policy for invalid answers, whatever produced them: a pair without a
+    valid output (non-finite score, or invalid decision when `decisions` is
+    given) lowers `acquire_rate` and is never counted as "different". Score
+    metrics (k-fold accuracy, AUC, EER, TAR@FAR, `far_floor`) use every pair
+    with a finite score: an MLLM answer the parser cannot read keeps the
+    log-odds score read at its first token where the backend reads log-odds
+    (``hf:``, and ``api:`` with log-probs), and has no score where the score
+    is the answer itself (0–100 templates, ``api:`` without log-probs). Own-
+    answer accuracies use the decisions alone: ``hard_accuracy_all`` counts an
+    invalid answer as wrong, ``hard_accuracy`` leaves it out (read it next to
+    the acquire rate). TAR@FAR is listed in ``tar_unresolved`` when fewer than
+    `MIN_FALSE_ACCEPTS` impostor pairs lie at or above its threshold
+    (`false_accepts_at_far`). Undefined metrics are NaN rather than errors.
 
     Parameters
     ----------
@@ -477,7 +534,8 @@ def verification_report(scores, labels, folds, *, decisions=None, fars=(1e-2, 1e
         ``n_pairs``, ``n_genuine``, ``n_impostor``, ``n_valid``,
         ``acquire_rate``, ``accuracy_mean``, ``accuracy_std`` (ddof=0),
         ``fold_accuracies``, ``thresholds``, ``auc``, ``eer``, one
-        ``far_key(far)`` per far, ``far_floor`` (1 / finite-score impostor
+        ``far_key(far)`` per far, ``tar_false_accepts`` (far key → count),
+        ``tar_unresolved`` (far keys), ``far_floor`` (1 / finite-score impostor
         pairs), ``flags`` (list of warnings in words) and, with `decisions`,
         ``hard_accuracy`` (over valid decisions), ``hard_accuracy_all``
         (over all pairs, invalid counted wrong) and ``n_invalid_decisions``.
@@ -508,7 +566,7 @@ def verification_report(scores, labels, folds, *, decisions=None, fars=(1e-2, 1e
         **_roc_summary(scores[finite], labels[finite], fars),
         "far_floor": 1 / n_imp_finite if n_imp_finite else math.nan,
     }
-    report["flags"] = _flags(report, fars, n_imp_finite, n_finite, int(np.sum(~decided)))
+    report["flags"] = _flags(report, n_imp_finite, n_finite, int(np.sum(~decided)), int(np.sum(~decided & finite)))
     if decisions is not None:
         report |= _hard_summary(decisions, labels)
     return report
@@ -594,26 +652,51 @@ def _mean_correct(scores, labels, folds):
     return float(np.mean(scores == labels))
 
 
+def _auc(scores, labels, folds):
+    return roc_auc_score(scores, labels)
+
+
+def _eer(scores, labels, folds):
+    return equal_error_rate(scores, labels)
+
+
 # Statistics `bootstrap_ci` knows by name: f(scores, labels, folds) -> float.
 BOOTSTRAP_STATISTICS = {
     "kfold_accuracy": _kfold_mean,
     "decision_accuracy": _mean_correct,
-    "auc": lambda s, y, f: roc_auc_score(s, y),
-    "eer": lambda s, y, f: equal_error_rate(s, y),
+    "auc": _auc,
+    "eer": _eer,
 }
 
 
-def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", n_resamples=1000, seed=0,
-                 level=0.95):
+def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", clusters=None, n_resamples=1000,
+                 seed=0, level=0.95):
     """Percentile bootstrap confidence interval of a verification statistic.
 
-    Each resample draws pairs with replacement *within each stratum* of
-    (fold, label) — or of label alone without `folds` — so every resample
-    keeps the protocol's fold sizes and its genuine/impostor balance, and the
-    k-fold protocol stays defined. For ``"kfold_accuracy"`` the whole
-    protocol (thresholds learned on the other folds) is re-run on each
-    resample. The interval is the ``(1 - level) / 2`` and ``(1 + level) / 2``
-    quantiles of the resampled statistics.
+    Without `clusters`, each resample draws pairs with replacement *within
+    each stratum* of (fold, label) — or of label alone without `folds` — so
+    every resample keeps the protocol's fold sizes and its genuine/impostor
+    balance. That treats pairs as independent, which they are not: pairs
+    that share a person err together, and in simulations this pair bootstrap
+    gave 0.6–0.9 times the true spread.
+
+    With `clusters` (the person on each side of each pair, see
+    `identity_clusters`), people are resampled instead (a two-way "vertex"
+    bootstrap): each person who appears in two or more pairs is drawn with
+    replacement, and a pair weighs the product of its people's draw counts
+    (a genuine pair, one person: that person's count); a pair whose two
+    people appear in no other pair is independent of the rest and is drawn
+    as a unit of its own. People are drawn within two strata, those with a
+    genuine pair and the others, so both kinds of pair stay in every
+    resample. It errs on the wide side: in simulations of LFW-like designs
+    its spread was 1.0–1.3 times the true spread (tests/test_metrics.py
+    checks a small one). The fold of each pair is kept; a fold a resample
+    draws no pair of is left out of that resample's k-fold mean.
+
+    For ``"kfold_accuracy"`` the whole protocol (thresholds learned on the
+    other folds) is re-run on each resample. The interval is the
+    ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles of the resampled
+    statistics, over the resamples where the statistic is defined.
 
     Parameters
     ----------
@@ -628,6 +711,9 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", n_re
         A name in ``BOOTSTRAP_STATISTICS`` (``"kfold_accuracy"``,
         ``"decision_accuracy"``, ``"auc"``, ``"eer"``) or a function
         ``f(scores, labels, folds) -> float``.
+    clusters : array-like of shape (n_pairs, 2), default=None
+        The person (an integer id) on each side of each pair, as
+        `identity_clusters` gives; None resamples pairs.
     n_resamples : int, default=1000
         Number of bootstrap resamples, at least 1.
     seed : int, default=0
@@ -640,7 +726,9 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", n_re
     -------
     ci : dict
         ``estimate`` (the statistic on the pairs as given), ``low``, ``high``,
-        ``level``, ``n_resamples`` and ``statistic`` (its name).
+        ``level``, ``n_resamples``, ``n_undefined`` (resamples where the
+        statistic is undefined, e.g. AUC without impostor pairs), ``method``
+        (``"pairs"`` or ``"identities"``) and ``statistic`` (its name).
 
     Examples
     --------
@@ -671,70 +759,184 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", n_re
     if not (isinstance(level, (int, float, np.number)) and 0 < level < 1):
         raise ValueError(f"level must be in (0, 1); got {level!r}")
     rng = np.random.default_rng(seed)
-    strata = [np.flatnonzero(m) for m in _strata(folds, labels)]
+    if clusters is None:
+        draw = _pair_draw(folds, labels, rng)
+    else:
+        clusters = np.asarray(clusters)
+        if clusters.shape != (len(scores), 2) or clusters.dtype.kind not in "iu":
+            raise ValueError(f"clusters must be integer ids of shape (n_pairs, 2) = ({len(scores)}, 2); "
+                             f"got shape {clusters.shape}, dtype {clusters.dtype}")
+        draw = _identity_draw(clusters, labels, rng)
     values = np.empty(n_resamples)
-    # Resamples are drawn in chunks to bound memory (chunk × n_pairs indices).
+    # Resamples are drawn in chunks to bound memory (chunk × n_pairs weights).
     chunk = max(1, min(n_resamples, 2_000_000 // max(len(scores), 1)))
     for start in range(0, n_resamples, chunk):
         rows = min(chunk, n_resamples - start)
-        # Each row: one index array per stratum, drawn from that stratum only.
-        idx = np.concatenate([s[rng.integers(0, len(s), (rows, len(s)))] for s in strata], axis=1)
-        if statistic is _kfold_mean:
-            values[start:start + rows] = _kfold_mean_resampled(scores, labels, folds, idx)
-        else:
-            values[start:start + rows] = [statistic(scores[i], labels[i], folds[i]) for i in idx]
-    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+        values[start:start + rows] = _resampled(statistic, scores, labels, folds, draw(rows))
+    defined = values[np.isfinite(values)]
+    low, high = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2]) if len(defined) else (math.nan,) * 2
     return {"statistic": name, "estimate": float(statistic(scores, labels, folds)), "low": float(low),
-            "high": float(high), "level": float(level), "n_resamples": int(n_resamples)}
+            "high": float(high), "level": float(level), "n_resamples": int(n_resamples),
+            "n_undefined": int(n_resamples - len(defined)), "method": "pairs" if clusters is None else "identities"}
 
 
-def _kfold_mean_resampled(scores, labels, folds, idx):
-    """`kfold_accuracy`'s mean for each row of ``idx`` (resampled pair indices), vectorised.
+def _multiplicities(idx, n):
+    """How often each of ``n`` pairs appears in each row of ``idx``: (rows, n) int64."""
+    rows = len(idx)
+    return np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+
+
+def _pair_draw(folds, labels, rng):
+    """Resamples of pairs within each (fold, label) stratum, as (rows, n_pairs) multiplicities."""
+    strata = [np.flatnonzero(m) for m in _strata(folds, labels)]
+
+    def draw(rows):
+        idx = np.concatenate([s[rng.integers(0, len(s), (rows, len(s)))] for s in strata], axis=1)
+        return _multiplicities(idx, len(labels))
+    return draw
+
+
+def _identity_draw(clusters, labels, rng):
+    """Resamples of people (see `bootstrap_ci`), as (rows, n_pairs) whole-number pair weights."""
+    people, side = np.unique(clusters, return_inverse=True)
+    side = side.reshape(-1, 2)
+    one = side[:, 0] == side[:, 1]  # a genuine pair: one person
+    uses = np.bincount(side[:, 0], minlength=len(people)) + np.bincount(side[~one, 1], minlength=len(people))
+    # A pair's units: its people who appear in another pair too; a pair with none is a unit itself.
+    units = np.where(uses[side] >= 2, side, -1)
+    units[one, 1] = -1
+    alone = (units < 0).all(axis=1)
+    units[alone, 0] = len(people) + np.arange(alone.sum())
+    n_units = len(people) + int(alone.sum())
+    genuine = np.zeros(n_units, bool)
+    genuine[units[labels][units[labels] >= 0]] = True
+    used = np.unique(units[units >= 0])
+    strata = [used[genuine[used]], used[~genuine[used]]]
+
+    def draw(rows):
+        picks = np.concatenate([s[rng.integers(0, len(s), (rows, len(s)))] for s in strata if len(s)], axis=1)
+        m = _multiplicities(picks, n_units)
+        return np.where(units[:, 0] >= 0, m[:, units[:, 0]], 1) * np.where(units[:, 1] >= 0, m[:, units[:, 1]], 1)
+    return draw
+
+
+def _resampled(statistic, scores, labels, folds, counts):
+    """The statistic on each row of ``counts`` (resamples, pairs): whole-number pair weights."""
+    if statistic is _kfold_mean:
+        return _kfold_mean_resampled(scores, labels, folds, counts=counts)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if statistic is _mean_correct:
+            return counts @ (scores == labels) / counts.sum(axis=1)
+        if statistic is _auc:
+            return _auc_resampled(scores, labels, counts)
+    pairs = np.arange(len(scores))
+    values = []
+    for c in counts:
+        i = np.repeat(pairs, c)
+        one_class = labels[i].all() or not labels[i].any()
+        values.append(math.nan if statistic is _eer and one_class else statistic(scores[i], labels[i], folds[i]))
+    return values
+
+
+def _auc_resampled(scores, labels, counts):
+    """`roc_auc_score` for each row of ``counts``: the Mann–Whitney count on weights, ties half."""
+    order = np.argsort(scores, kind="stable")
+    s, y, c = scores[order], labels[order], counts[:, order]
+    starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
+    impostor, genuine = _sum_runs(c * ~y, starts), _sum_runs(c * y, starts)
+    below = np.cumsum(impostor, axis=1) - impostor
+    return (genuine * (below + impostor / 2)).sum(axis=1) / (genuine.sum(axis=1) * impostor.sum(axis=1))
+
+
+def _kfold_mean_resampled(scores, labels, folds, idx=None, *, counts=None):
+    """`kfold_accuracy`'s mean for each row of ``idx`` (resampled pair indices), vectorised;
+    or for each row of ``counts`` (resamples, pairs), the whole-number weight of each pair.
 
     Equal to ``[_kfold_mean(scores[i], labels[i], folds[i]) for i in idx]``
-    (the tests check it), but each resample is a column of pair
-    multiplicities over the pairs sorted once, so no resample is sorted
-    again: the same cumulative-sum scan as `_best_threshold`, on weights.
-    Arrays are (pairs, resamples), so every reduction runs along contiguous rows.
+    (the tests check it), but each resample is a row of pair multiplicities
+    over the pairs sorted once, so no resample is sorted again: the same
+    cumulative-sum scan as `_best_threshold`, on weights. Arrays are
+    (resamples, pairs), so every scan runs along contiguous memory.
+
+    The scan is done once over all pairs; a fold's training scan is that scan
+    minus the fold's own, which only changes where the fold has a pair, so the
+    best cut of each resample is found from one maximum per stretch between
+    two of the fold's pairs. Multiplicities are whole numbers (int64), so every
+    comparison is exact: the cut is the one a scan of the training pairs picks.
     """
-    rows, n = idx.shape
-    counts = np.bincount((idx + n * np.arange(rows)[:, None]).ravel(), minlength=rows * n).reshape(rows, n)
+    if counts is None:
+        counts = _multiplicities(idx, len(scores))
+    rows = len(counts)
     order = np.argsort(scores, kind="stable")
     s, y, f = scores[order], labels[order], folds[order]
-    w = np.ascontiguousarray(counts[:, order].T, dtype=float)  # (n, rows)
+    c = counts[:, order]  # (rows, n) multiplicities of the sorted pairs
     starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
     distinct = s[starts]
     n_distinct = len(distinct)
     group = np.cumsum(np.r_[False, np.diff(s) != 0])  # distinct-score index of each sorted pair
     cols = np.arange(rows)
-    wy = w * y[:, None]
-    all_pos, all_w = np.add.reduceat(wy, starts, axis=0), np.add.reduceat(w, starts, axis=0)  # (n_distinct, rows)
+    cy = c * y
+    all_pos, all_w = _sum_runs(cy, starts), _sum_runs(c, starts)  # (rows, n_distinct)
+    # Correct calls gained by calling everything up to distinct[j] "different", over all pairs.
+    gain = np.cumsum(all_w - 2 * all_pos, axis=1)
     accuracies = []
     for fold in np.unique(folds):
-        # Training weight per distinct score = all pairs' weight minus this fold's.
         test = f == fold
         g = group[test]
         fold_starts = np.r_[0, np.flatnonzero(np.diff(g)) + 1]
-        pos, tot = all_pos.copy(), all_w.copy()
-        pos[g[fold_starts]] -= np.add.reduceat(wy[test], fold_starts, axis=0)
-        tot[g[fold_starts]] -= np.add.reduceat(w[test], fold_starts, axis=0)
-        neg = tot - pos
-        n_pos = pos.sum(axis=0, keepdims=True)
-        # Correct calls with everything up to distinct[j] called "different", after "all same".
-        correct = np.r_[n_pos, np.cumsum(neg - pos, axis=0) + n_pos]
-        best = np.argmax(correct, axis=0)  # first maximum: the smallest threshold, as _best_threshold
-        # The best cut lies just above a training score (index best - 1) and below the next one.
-        nxt = np.where(tot > 0, np.arange(n_distinct, dtype=np.int32)[:, None], np.int32(n_distinct))
-        nxt = np.r_[np.minimum.accumulate(nxt[::-1], axis=0)[::-1], np.full((1, rows), n_distinct, np.int32)]
-        hi = nxt[best, cols]
-        lo_val = distinct[np.maximum(best - 1, 0)]
+        at = g[fold_starts]  # the distinct scores this fold holds, increasing
+        c_test = c[:, test]
+        f_pos, f_w = _sum_runs(c_test * y[test], fold_starts), _sum_runs(c_test, fold_starts)
+        # The training gain is gain minus the fold's, a step function rising at `at`: constant on
+        # each stretch [at[t], at[t + 1]) (and 0 on [0, at[0])), so its maximum per stretch is gain's.
+        f_gain = np.cumsum(f_w - 2 * f_pos, axis=1)
+        if at[0] > 0:
+            at_starts, f_gain = np.r_[0, at], np.c_[np.zeros((rows, 1), f_gain.dtype), f_gain]
+        else:
+            at_starts = at
+        stretch_max = np.maximum.reduceat(gain, at_starts, axis=1) - f_gain
+        # The last stretch reaching the maximum: of tied cuts the strictest, as _best_threshold.
+        k = stretch_max.shape[1] - 1 - np.argmax(stretch_max[:, ::-1], axis=1)
+        top = stretch_max[cols, k]
+        # The last index of that stretch where the training gain reaches it.
+        j, target = np.r_[at_starts[1:], n_distinct][k] - 1, top + f_gain[cols, k]
+        look = np.flatnonzero(gain[cols, j] != target)
+        while look.size:
+            j[look] -= 1
+            look = look[gain[look, j[look]] != target[look]]
+        in_fold = np.full(n_distinct, -1)
+        in_fold[at] = np.arange(len(at))
+
+        def training_weight(r, i):  # of the training pairs at distinct score i, resamples r
+            return all_w[r, i] - np.where(in_fold[i] >= 0, f_w[r, in_fold[i]], 0)
+
+        # The gain changes at j + 1, so a training score lies there (or the scores end): the cut
+        # lies below it and above the last training score at or below j (lo; none: "all same").
+        hi, lo = j + 1, j.copy()
+        look = np.flatnonzero(lo >= 0)
+        while look.size:
+            look = look[training_weight(look, lo[look]) == 0]
+            lo[look] -= 1
+            look = look[lo[look] >= 0]
+        lo_val = distinct[np.maximum(lo, 0)]
         hi_val = distinct[np.minimum(hi, n_distinct - 1)]
         mid = lo_val / 2 + hi_val / 2
         mid = np.where(mid < hi_val, mid, lo_val)
-        threshold = np.where(best == 0, -np.inf, np.where(hi == n_distinct, np.inf, mid))
-        right = (s[test][:, None] > threshold[None, :]) == y[test][:, None]
-        accuracies.append(np.sum(w[test] * right, axis=0) / np.sum(w[test], axis=0))
-    return np.mean(accuracies, axis=0)
+        # "All same" wins when no cut gains over it (a cut that ties it is stricter, so it wins the tie).
+        threshold = np.where((top < 0) | (lo < 0), -np.inf, np.where(hi == n_distinct, np.inf, mid))
+        right = (s[test][None, :] > threshold[:, None]) == y[test][None, :]
+        # Whole numbers, so these sums are exact whatever their order; a fold no pair of a
+        # resample fell in (identity resampling can empty one) is NaN and left out below.
+        with np.errstate(invalid="ignore"):
+            accuracies.append(np.sum(c_test * right, axis=1) / np.sum(c_test, axis=1))
+    held = np.isfinite(accuracies).sum(axis=0)
+    # As kfold_accuracy on the resampled pairs: the mean over the folds they hold, at least two.
+    return np.where(held >= 2, np.nansum(accuracies, axis=0) / np.maximum(held, 1), np.nan)
+
+
+def _sum_runs(x, starts):
+    """Sums of ``x`` (resamples, items) over the runs of items that begin at ``starts`` (runs of one: ``x``)."""
+    return x if len(starts) == x.shape[1] else np.add.reduceat(x, starts, axis=1)
 
 
 def _strata(folds, labels):
@@ -800,3 +1002,209 @@ def _as_labels_named(x, name):
         raise ValueError(f"{name} must be 0/1 or bool; got {int(bad.sum())} other value(s), "
                          f"e.g. {_some(arr[bad])}")
     return arr == 1
+
+
+def _check_level(level):
+    if not (isinstance(level, (int, float, np.number)) and 0 < level < 1):
+        raise ValueError(f"level must be in (0, 1); got {level!r}")
+    return float(level)
+
+
+def identity_clusters(image_a, image_b, labels, *, identities=None):
+    """The person on each side of each pair, as integer ids: `bootstrap_ci`'s ``clusters``.
+
+    With `identities` (image key → person, as a dataset's manifest may give),
+    those. Without, people are inferred from the pairs: the two images of a
+    genuine pair show one person, so each connected component of the graph
+    of genuine pairs over image keys is one person. That never merges two
+    people (if the labels are right) but splits a person whose images never
+    meet in a genuine pair, so some of the dependence between pairs is
+    missed: known identities are better.
+
+    Parameters
+    ----------
+    image_a, image_b : array-like of str, shape (n_pairs,)
+        The image keys of each pair.
+    labels : array-like of shape (n_pairs,)
+        1/True for genuine pairs, 0/False for impostor pairs.
+    identities : mapping, default=None
+        Image key → person; every key of the pairs must be in it.
+
+    Returns
+    -------
+    clusters : ndarray of int64, shape (n_pairs, 2)
+
+    Examples
+    --------
+    >>> identity_clusters(["a1", "a2", "b1"], ["a2", "b1", "c1"], [1, 0, 0]).tolist()
+    [[0, 0], [0, 1], [1, 2]]
+    >>> identity_clusters(["a1", "a2"], ["b1", "b2"], [0, 0], identities={"a1": "A", "a2": "A", "b1": "B",
+    ...                                                                   "b2": "B"}).tolist()
+    [[0, 1], [0, 1]]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b, labels = np.asarray(image_a, str), np.asarray(image_b, str), _as_labels(labels)
+    _check_lengths(image_a=a, image_b=b, labels=labels)
+    keys, side = np.unique(np.r_[a, b], return_inverse=True)
+    side = side.reshape(2, -1).T
+    if identities is not None:
+        missing = [str(k) for k in keys if k not in identities]
+        if missing:
+            raise ValueError(f"identities has no person for {len(missing)} image key(s), e.g. {missing[:5]}")
+        _, person = np.unique(np.array([str(identities[k]) for k in keys]), return_inverse=True)
+    else:
+        genuine = side[labels]
+        graph = coo_matrix((np.ones(len(genuine)), (genuine[:, 0], genuine[:, 1])), shape=(len(keys),) * 2)
+        person = connected_components(graph, directed=False)[1]
+    return person[side].astype(np.int64)
+
+
+def holm_adjust(pvalues):
+    """Holm's step-down adjusted p-values, in the order given.
+
+    The smallest of ``m`` p-values is multiplied by ``m``, the next by
+    ``m - 1``, and so on, each kept at least as large as the one before and at
+    most 1. Rejecting where the adjusted value is at most ``alpha`` keeps the
+    family-wise error rate at ``alpha`` under any dependence between the tests.
+
+    Parameters
+    ----------
+    pvalues : array-like of shape (m,)
+        In [0, 1].
+
+    Returns
+    -------
+    adjusted : ndarray of shape (m,)
+
+    Examples
+    --------
+    >>> holm_adjust([0.01, 0.04, 0.03, 0.005]).round(3).tolist()
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    p = _as_1d(pvalues, "pvalues").astype(float)
+    if np.any(~((p >= 0) & (p <= 1))):
+        raise ValueError(f"pvalues must lie in [0, 1]; got {_some(p[~((p >= 0) & (p <= 1))])}")
+    order = np.argsort(p, kind="stable")
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order]))
+    return adjusted
+
+
+BINOMIAL_METHODS = ("clopper-pearson", "wilson")
+
+
+def binomial_ci(k, n, *, method="clopper-pearson", level=0.95):
+    """Confidence interval of a proportion from ``k`` successes in ``n`` trials, e.g. an
+    accuracy: ``k`` pairs judged right of ``n``.
+
+    ``"clopper-pearson"`` is exact: it inverts two one-sided binomial tests,
+    so it covers the true proportion at least `level` of the time whatever it
+    is; with no error at all (``k == n``) its lower bound is
+    ``((1 - level) / 2) ** (1 / n)``, 93.4% for 54 pairs, where a bootstrap
+    would give a zero-width interval. ``"wilson"`` (the score interval) is
+    narrower and covers about `level` on average. Neither is zero-width for
+    ``n >= 1``. Both treat the trials as independent; pairs that share a
+    person are not, so read them as lower bounds on the uncertainty.
+
+    Parameters
+    ----------
+    k, n : int
+        Successes and trials, ``0 <= k <= n`` and ``n >= 1``.
+    method : {"clopper-pearson", "wilson"}, default="clopper-pearson"
+    level : float, default=0.95
+        Confidence level, in (0, 1).
+
+    Returns
+    -------
+    low, high : float
+        In [0, 1].
+
+    Examples
+    --------
+    >>> [round(x, 4) for x in binomial_ci(54, 54)]
+    [0.934, 1.0]
+    >>> [round(x, 4) for x in binomial_ci(45, 54, method="wilson")]
+    [0.7126, 0.9098]
+    """
+    from scipy.special import betaincinv, ndtri  # the beta and normal quantiles, without scipy.stats' import
+
+    integral = all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in (k, n))
+    if not integral or not 0 <= k <= n or n < 1:
+        raise ValueError(f"k and n must be whole numbers with 0 <= k <= n and n >= 1; got k={k!r}, n={n!r}")
+    if method not in BINOMIAL_METHODS:
+        raise ValueError(f"method must be one of {list(BINOMIAL_METHODS)}; got {method!r}")
+    alpha = 1 - _check_level(level)
+    if method == "clopper-pearson":
+        low = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha / 2))
+        high = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1 - alpha / 2))
+        return low, high
+    z, p = float(ndtri(1 - alpha / 2)), k / n
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - half) / (1 + z * z / n)), min(1.0, (centre + half) / (1 + z * z / n))
+
+
+def auc_permutation_test(scores, labels, *, n_permutations=2000, seed=0, level=0.95):
+    """How far the AUC lies from 0.5, against the same scores with shuffled labels. Two-sided.
+
+    A score that knows nothing about the pairs — a negative control — should
+    put its AUC as close to 0.5 as the shuffles do; one far *below* 0.5 is as
+    suspicious as one far above (the score knows the labels, inverted). The
+    labels are shuffled ``n_permutations`` times (genuine count kept); the
+    band is the `level` quantile of ``|AUC - 0.5|`` over the shuffles, and
+    the p-value the share of shuffles at least as far from 0.5 as the real
+    labels, counting the real labels as one shuffle.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n_pairs,)
+        Finite scores.
+    labels : array-like of shape (n_pairs,)
+        1/True for genuine pairs, 0/False for impostor pairs; both present.
+    n_permutations : int, default=2000
+    seed : int, default=0
+    level : float, default=0.95
+
+    Returns
+    -------
+    result : dict
+        ``auc``, ``distance`` (``|auc - 0.5|``), ``band``, ``pvalue``,
+        ``near_chance`` (``distance <= band``), ``n_permutations``, ``level``.
+
+    Examples
+    --------
+    >>> r = auc_permutation_test([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [1, 1, 1, 1, 0, 0, 0, 0])
+    >>> r["auc"], r["near_chance"], r["pvalue"] < 0.05
+    (1.0, False, True)
+    """
+    scores, labels = _check_pairs(scores, labels)
+    level = _check_level(level)
+    if isinstance(n_permutations, bool) or not isinstance(n_permutations, (int, np.integer)) or n_permutations < 1:
+        raise ValueError(f"n_permutations must be a positive integer; got {n_permutations!r}")
+    n, n_pos = len(labels), int(labels.sum())
+    if n_pos in (0, n):
+        raise ValueError(f"auc_permutation_test needs genuine and impostor pairs; got {n_pos} genuine, "
+                         f"{n - n_pos} impostor")
+    # Ranks from 1, ties sharing their mean rank (so a tie counts half, as in roc_auc_score).
+    _, tied, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2)[tied]
+
+    def auc(rank_sums):
+        return (rank_sums - n_pos * (n_pos + 1) / 2) / (n_pos * (n - n_pos))
+
+    observed = float(auc(ranks[labels].sum()))
+    rng = np.random.default_rng(seed)
+    distances = np.empty(n_permutations)
+    chunk = max(1, 2_000_000 // n)
+    for start in range(0, n_permutations, chunk):
+        rows = min(chunk, n_permutations - start)
+        # The first n_pos of a random order of the pairs: a uniformly random genuine set.
+        picked = np.argpartition(rng.random((rows, n)), n_pos - 1, axis=1)[:, :n_pos]
+        distances[start:start + rows] = np.abs(auc(ranks[picked].sum(axis=1)) - 0.5)
+    distance = abs(observed - 0.5)
+    band = float(np.quantile(distances, level))
+    # A shuffle as far as the real labels, within rounding, counts as at least as far.
+    pvalue = (1 + int(np.sum(distances >= distance - 1e-12))) / (1 + n_permutations)
+    return {"auc": observed, "distance": distance, "band": band, "pvalue": pvalue,
+            "near_chance": bool(distance <= band), "n_permutations": int(n_permutations), "level": level}

@@ -105,9 +105,13 @@ def test_tar_at_far_rejects_bad_far(far):
 # ------------------------------------------------------------ accuracy-based
 
 
-def test_best_threshold_ties_take_smallest():
-    # Candidates -inf, .25, .6, +inf give 2, 3, 3, 2 correct: .25 and .6 tie.
-    assert fm.best_threshold([0.1, 0.4, 0.4, 0.8], [0, 1, 0, 1]) == 0.25
+def test_best_threshold_ties_take_the_strictest():
+    # Candidates -inf, .25, .6, +inf give 2, 3, 3, 2 correct: .25 and .6 tie; insightface keeps
+    # the smallest tied distance, i.e. the highest similarity cut-off.
+    assert fm.best_threshold([0.1, 0.4, 0.4, 0.8], [0, 1, 0, 1]) == pytest.approx(0.6)
+    # "All same" (-inf) and the cut at .7 both get 2 of 3 right: the cut is stricter.
+    assert fm.best_threshold([0.2, 0.5, 0.9], [1, 0, 1]) == 0.7
+    assert fm.best_threshold([0.2, 0.7], [1, 0]) == np.inf  # -inf, .45 and +inf all get 1 right
 
 
 def test_best_threshold_one_class():
@@ -130,7 +134,7 @@ def test_best_threshold_brute_force(seed):
     best_t, best_acc = None, -1.0
     for t in candidates:
         acc = np.mean((scores > t) == labels)
-        if acc > best_acc:  # strict: the first (smallest) best candidate wins
+        if acc >= best_acc:  # ties: the last (strictest) best candidate wins
             best_t, best_acc = t, acc
     assert fm.best_threshold(scores, labels) == pytest.approx(best_t)
 
@@ -183,6 +187,38 @@ def test_kfold_separable_is_perfect():
     assert np.all((thr > 0.3) & (thr < 0.7))
 
 
+def _insightface_kfold_accuracy(dist, issame, n_folds=10):
+    """insightface's verification.calculate_roc, rewritten: squared distances, a 0.01 grid of
+    thresholds, "same" when dist < threshold, the first best threshold on the training folds,
+    KFold(n_splits=10, shuffle=False) folds."""
+    thresholds = np.arange(0, 4, 0.01)
+    folds = np.array_split(np.arange(len(dist)), n_folds)
+    accuracies = []
+    for test in folds:
+        train = np.setdiff1d(np.arange(len(dist)), test)
+        acc_train = np.mean((dist[train][None, :] < thresholds[:, None]) == issame[train][None, :], axis=1)
+        best = thresholds[np.argmax(acc_train)]
+        accuracies.append(np.mean((dist[test] < best) == issame[test]))
+    return np.mean(accuracies)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_kfold_accuracy_agrees_with_insightface_within_0_05_points(seed):
+    # LFW-sized: 6000 pairs of unit embeddings, 10 contiguous folds, genuine pairs closer. The
+    # distances lie on insightface's 0.01 grid, so only the tie rule can set the two apart: the most
+    # lenient of tied thresholds (the rule before) is 0.083 points off for seed 1.
+    rng = np.random.default_rng(seed)
+    issame = np.arange(6000) % 2 == 0
+    a = rng.normal(size=(6000, 16))
+    b = np.where(issame[:, None], a + rng.normal(scale=0.9, size=a.shape), rng.normal(size=a.shape))
+    a, b = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b))
+    dist = np.round(np.sum((a - b) ** 2, axis=1), 2)
+    ours, _ = fm.kfold_accuracy(-dist, issame, np.arange(6000) // 600)
+    reference = _insightface_kfold_accuracy(dist, issame)
+    assert 0.7 < reference < 0.99  # neither trivial nor perfect
+    assert abs(ours.mean() - reference) < 0.0005
+
+
 def test_kfold_errors():
     with pytest.raises(ValueError, match=r"at least 2 folds; got \[4\]"):
         fm.kfold_accuracy([0.1, 0.9], [0, 1], [4, 4])
@@ -219,8 +255,8 @@ def test_report_keys_and_json():
     expected = {
         "n_pairs", "n_genuine", "n_impostor", "n_valid", "acquire_rate",
         "accuracy_mean", "accuracy_std", "fold_accuracies", "thresholds",
-        "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "far_floor", "flags",
-        "hard_accuracy", "hard_accuracy_all", "n_invalid_decisions",
+        "auc", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3", "tar_false_accepts", "tar_unresolved",
+        "far_floor", "flags", "hard_accuracy", "hard_accuracy_all", "n_invalid_decisions",
     }
     assert set(r) == expected
     assert json.loads(json.dumps(r))["n_pairs"] == 400
@@ -232,7 +268,7 @@ def test_report_keys_and_json():
     assert r["accuracy_std"] == pytest.approx(acc.std(ddof=0))
     assert r["auc"] == pytest.approx(skm.roc_auc_score(labels, scores))
     for value in r.values():
-        assert type(value) in (int, float, list)
+        assert type(value) in (int, float, list, dict)
     assert all(type(v) is float for v in r["fold_accuracies"] + r["thresholds"])
 
 
@@ -253,7 +289,7 @@ def test_report_nan_scores_are_excluded_not_different():
     assert r["n_genuine"] == int(labels.sum())  # counts cover all pairs
     for key in ("accuracy_mean", "fold_accuracies", "auc", "eer", "far_floor", "tar_at_far_1e-2"):
         assert r[key] == clean[key]
-    assert any("40 of 400 pairs have no valid output" in f for f in r["flags"])
+    assert any("40 of 400 pairs have no score" in f and "use the other 360" in f for f in r["flags"])
 
 
 def test_report_hard_accuracy_with_invalid_decisions():
@@ -267,18 +303,47 @@ def test_report_hard_accuracy_with_invalid_decisions():
     assert r["hard_accuracy_all"] == pytest.approx(3 / 6)
     assert r["n_valid"] == 4 and r["acquire_rate"] == pytest.approx(4 / 6)
     assert r["auc"] == 1.0  # scores are all finite, so score metrics use all 6
+    assert any("2 of 6 pairs have no decision" in f and "the 2 of them with a score" in f for f in r["flags"])
 
 
-def test_report_flags_far_below_floor():
-    scores, labels, folds = _report_inputs(n=90)
-    n_imp = int(np.sum(labels == 0))
-    r = fm.verification_report(scores, labels, folds, fars=(1e-1, 1e-2, 1e-3))
-    assert r["far_floor"] == pytest.approx(1 / n_imp)
-    assert r["flags"] == [
-        f"TAR@FAR=1e-2 is not resolved: {n_imp} impostor pairs give a FAR floor of {1 / n_imp:.1e}",
-        f"TAR@FAR=1e-3 is not resolved: {n_imp} impostor pairs give a FAR floor of {1 / n_imp:.1e}",
-    ]
-    assert "tar_at_far_1e-1" in r
+def test_report_one_policy_for_invalid_answers_whatever_the_backend():
+    # The same answers from a backend that reads log-odds (the invalid answer keeps a score) and one
+    # whose score is the answer itself (it has none): decisions and acquire rate agree; score
+    # metrics take every pair with a score, so the second leaves the invalid pair out.
+    labels, folds = [1, 1, 0, 0], [0, 1, 0, 1]
+    decisions = [1, -1, 0, 1]
+    log_odds = fm.verification_report([2.0, -0.5, -1.0, 0.5], labels, folds, decisions=decisions)
+    answer = fm.verification_report([1.0, np.nan, 0.0, 1.0], labels, folds, decisions=decisions)
+    for key in ("acquire_rate", "hard_accuracy", "hard_accuracy_all", "n_valid"):
+        assert log_odds[key] == answer[key], key
+    # AUC by hand: log-odds, genuine {2, -0.5} vs impostor {-1, 0.5}: 3 of 4 comparisons won;
+    # answers, genuine {1} vs impostor {0, 1}: one won, one tied, 1.5 of 2.
+    assert (log_odds["auc"], answer["auc"]) == (0.75, 0.75)
+
+
+def test_report_tar_needs_30_false_accepts():
+    # 100 impostors at 0..99, 10 genuine pairs above them all: at FAR f the threshold admits
+    # floor(100 f) impostors, so FAR=0.5 rests on 50 false accepts, 0.2 on 20 and 0.01 on 1.
+    scores = np.r_[np.arange(100.0), 200 + np.arange(10.0)]
+    labels = np.r_[np.zeros(100), np.ones(10)]
+    r = fm.verification_report(scores, labels, np.arange(110) % 2, fars=(5e-1, 2e-1, 1e-2))
+    assert r["tar_false_accepts"] == {"tar_at_far_5e-1": 50, "tar_at_far_2e-1": 20, "tar_at_far_1e-2": 1}
+    assert r["tar_unresolved"] == ["tar_at_far_2e-1", "tar_at_far_1e-2"]
+    assert [f.split(":")[0] for f in r["flags"]] == ["TAR@FAR=2e-1 is not resolved", "TAR@FAR=1e-2 is not resolved"]
+    assert "20 of the 100 impostor pairs lie at or above its threshold" in r["flags"][0]
+    assert fm.MIN_FALSE_ACCEPTS == 30  # Doddington's rule of 30
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_false_accepts_at_far_counts_impostors_at_or_above_the_tar_threshold(seed):
+    scores, labels = _random_pairs(seed, n=150)
+    for far in (0.05, 0.1, 0.3):
+        tar = fm.tar_at_far(scores, labels, far)
+        # brute force: the lowest threshold whose FAR is at most far; its TAR is tar_at_far's
+        allowed = [t for t in np.unique(scores) if np.mean(scores[labels == 0] >= t) <= far]
+        t = min(allowed)
+        assert np.mean(scores[labels == 1] >= t) == pytest.approx(tar)
+        assert fm.false_accepts_at_far(scores, labels, far) == int(np.sum(scores[labels == 0] >= t))
 
 
 def test_report_no_valid_pair_is_nan_not_error():
@@ -469,3 +534,176 @@ def test_bootstrap_kfold_speed():
     t0 = time.perf_counter()
     fm.bootstrap_ci(scores, labels, np.arange(6000) % 10, n_resamples=1000)
     assert time.perf_counter() - t0 < 10  # the LFW size: 1000 resamples of 6000 pairs
+
+
+# ------------------------------------------------- intervals, identities, families of tests
+
+
+@pytest.mark.parametrize("k, n", [(0, 1), (0, 20), (7, 20), (54, 54), (45, 54), (5990, 6000)])
+@pytest.mark.parametrize("method, scipy_method", [("clopper-pearson", "exact"), ("wilson", "wilson")])
+def test_binomial_ci_matches_scipy(k, n, method, scipy_method):
+    from scipy.stats import binomtest
+
+    ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method=scipy_method)
+    low, high = fm.binomial_ci(k, n, method=method)
+    assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-9)
+    assert low < high  # never zero-width
+
+
+@pytest.mark.parametrize("k, n", [(3, 10), (50, 54), (54, 54)])
+def test_clopper_pearson_bounds_are_where_the_binomial_tails_reach_alpha_over_2(k, n):
+    # The definition, with exact binomial sums: P[X >= k | low] = 0.025 and P[X <= k | high] = 0.025.
+    low, high = fm.binomial_ci(k, n)
+
+    def pmf(i, p):
+        return math.comb(n, i) * p ** i * (1 - p) ** (n - i)
+
+    assert sum(pmf(i, low) for i in range(k, n + 1)) == pytest.approx(0.025, abs=1e-9)
+    if k < n:
+        assert sum(pmf(i, high) for i in range(k + 1)) == pytest.approx(0.025, abs=1e-9)
+    else:
+        assert high == 1.0
+    assert fm.binomial_ci(54, 54)[0] == pytest.approx(0.025 ** (1 / 54))  # 93.4%, the issue's number
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"k": 5, "n": 4}, "0 <= k <= n"), ({"k": 1.5, "n": 4}, "whole numbers"), ({"k": 0, "n": 0}, "n >= 1"),
+    ({"k": 1, "n": 4, "method": "wald"}, "method must be one of"), ({"k": 1, "n": 4, "level": 95}, "level"),
+])
+def test_binomial_ci_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        fm.binomial_ci(**kwargs)
+
+
+def test_holm_adjust_by_the_step_down_procedure():
+    p = np.array([0.01, 0.04, 0.03, 0.005, 0.5])
+    adjusted = fm.holm_adjust(p)
+    # the procedure itself: test the sorted p-values against alpha / (m - i) until one fails
+    for alpha in (0.01, 0.02, 0.05, 0.1, 0.2):
+        rejected = np.zeros(len(p), bool)
+        for i, j in enumerate(np.argsort(p)):
+            if p[j] > alpha / (len(p) - i):
+                break
+            rejected[j] = True
+        np.testing.assert_array_equal(adjusted <= alpha, rejected)
+    np.testing.assert_allclose(adjusted, [0.04, 0.09, 0.09, 0.025, 0.5])
+    assert fm.holm_adjust([0.6, 0.9]).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"pvalues must lie in \[0, 1\]"):
+        fm.holm_adjust([0.5, 1.5])
+
+
+def test_auc_permutation_test_agrees_with_the_mann_whitney_test():
+    from scipy.stats import mannwhitneyu
+
+    rng = np.random.default_rng(0)
+    labels = np.arange(60) < 25
+    for shift in (0.0, 0.4, 1.0):
+        scores = rng.normal(shift * labels, 1.0)
+        r = fm.auc_permutation_test(scores, labels, n_permutations=4000, seed=1)
+        mw = mannwhitneyu(scores[labels], scores[~labels], alternative="two-sided", method="exact")
+        assert r["auc"] == pytest.approx(mw.statistic / (25 * 35))
+        assert r["pvalue"] == pytest.approx(mw.pvalue, abs=0.02)  # Monte Carlo error, about 0.007
+        assert r["near_chance"] == (mw.pvalue > 0.05)
+    # two-sided: a score that knows the labels backwards is as far from chance as one that knows them
+    below = fm.auc_permutation_test(np.arange(20.0), np.arange(20) < 10, n_permutations=500)
+    assert below["auc"] == 0.0 and not below["near_chance"]
+
+
+def test_auc_permutation_band_is_the_quantile_of_shuffled_distances():
+    # n = 4, two genuine: the 6 equally likely genuine sets give AUCs 1, 3/4, 1/2, 1/2, 1/4, 0,
+    # so |AUC - 0.5| is 0.5, 0.25, 0, 0, 0.25, 0.5; its 95% quantile is 0.5.
+    r = fm.auc_permutation_test([1.0, 2.0, 3.0, 4.0], [0, 0, 1, 1], n_permutations=6000)
+    assert r["band"] == 0.5 and r["auc"] == 1.0 and r["near_chance"]
+    assert r["pvalue"] == pytest.approx(1 / 3, abs=0.02)
+    with pytest.raises(ValueError, match="genuine and impostor"):
+        fm.auc_permutation_test([1.0, 2.0], [1, 1])
+
+
+def test_identity_clusters_from_names_or_from_genuine_pairs():
+    a, b = ["x1", "x2", "y1", "z1", "w1"], ["x3", "y1", "y2", "x2", "w2"]
+    same = [1, 0, 1, 0, 0]
+    # genuine pairs join x1-x3 and y1-y2; x2 meets x1/x3 only through no genuine pair, so stays apart
+    inferred = fm.identity_clusters(a, b, same)
+    named = fm.identity_clusters(a, b, same, identities={k: k[0] for k in set(a) | set(b)})
+    assert inferred[0, 0] == inferred[0, 1] and inferred[2, 0] == inferred[2, 1] == inferred[1, 1]
+    assert inferred[1, 0] != inferred[0, 0]  # x2 is inferred to be someone else
+    assert named[1, 0] == named[0, 0]  # the names say it is x
+    assert len(np.unique(named)) == 4 and len(np.unique(inferred)) == 6
+    with pytest.raises(ValueError, match=r"no person for 1 image key\(s\), e\.g\. \['w2'\]"):
+        fm.identity_clusters(a, b, same, identities={k: k[0] for k in set(a) | set(b) - {"w2"}})
+
+
+def _design(n_people=120, n_genuine_people=60, pairs_per_person=2, n_impostor=240, seed=0):
+    """A verification design where pairs share people: genuine pairs of 60 people, impostor
+    pairs between random people of 120."""
+    rng = np.random.default_rng(seed)
+    a = np.repeat(np.arange(n_genuine_people), pairs_per_person)
+    ia = rng.integers(0, n_people, n_impostor)
+    ib = (ia + rng.integers(1, n_people, n_impostor)) % n_people
+    clusters = np.c_[np.r_[a, ia], np.r_[a, ib]]
+    labels = np.r_[np.ones(len(a), bool), np.zeros(n_impostor, bool)]
+    return clusters, labels
+
+
+def _person_effect_scores(clusters, labels, rng, tau=0.8):
+    # each person has a "hard to verify" effect and a "looks generic" effect: pairs sharing a person err together
+    u, v = rng.normal(0, tau, (2, clusters.max() + 1))
+    a, b = clusters.T
+    return np.where(labels, 1.5 + u[a], v[a] + v[b]) + rng.normal(0, 1, len(labels))
+
+
+def test_identity_bootstrap_spread_follows_the_true_spread_where_the_pair_bootstrap_falls_short():
+    clusters, labels = _design()
+    truth = np.std([fm.roc_auc_score(_person_effect_scores(clusters, labels, np.random.default_rng(100 + i)), labels)
+                    for i in range(400)])
+    ratios = {"pairs": [], "identities": []}
+    for rep in range(6):
+        scores = _person_effect_scores(clusters, labels, np.random.default_rng(rep))
+        for method, extra in (("pairs", {}), ("identities", {"clusters": clusters})):
+            ci = fm.bootstrap_ci(scores, labels, statistic="auc", n_resamples=400, seed=rep, **extra)
+            assert ci["method"] == method
+            ratios[method].append((ci["high"] - ci["low"]) / (2 * 1.96 * truth))
+    pairs, people = np.mean(ratios["pairs"]), np.mean(ratios["identities"])
+    assert pairs < 0.9 and 0.95 < people < 1.5, (pairs, people)
+
+
+def test_identity_bootstrap_of_independent_pairs_is_the_pair_bootstrap():
+    # No two pairs share a person: every pair is a unit of its own, drawn within its label.
+    labels = np.arange(40) < 20
+    clusters = np.c_[np.arange(40), np.where(labels, np.arange(40), 100 + np.arange(40))]
+    draw = fm._identity_draw(clusters, labels, np.random.default_rng(0))
+    w = draw(2000)
+    assert set(np.unique(w)) <= set(range(12)) and (w[:, labels].sum(axis=1) == 20).all()
+    assert (w[:, ~labels].sum(axis=1) == 20).all()
+    assert w.mean() == pytest.approx(1, abs=0.01) and w.var() == pytest.approx(0.95, abs=0.05)  # multinomial
+
+
+def test_identity_bootstrap_weights_are_products_of_person_counts():
+    # person 0 in three pairs, person 1 in two: pair (0, 1) weighs m0 * m1, (0, 0) weighs m0, and the
+    # pair of two people seen nowhere else (5, 6) is drawn as a unit of its own
+    clusters = np.array([[0, 0], [0, 1], [0, 2], [1, 3], [5, 6]])
+    labels = np.array([True, False, False, False, False])
+    w = fm._identity_draw(clusters, labels, np.random.default_rng(0))(500)
+    np.testing.assert_array_equal(w[:, 2], w[:, 0])  # person 2 appears once: (0, 2) weighs m0
+    np.testing.assert_array_equal(w[:, 3], w[:, 1] // np.maximum(w[:, 0], 1) * (w[:, 0] > 0)
+                                  + (w[:, 0] == 0) * w[:, 3])
+    assert (w[:, 0] >= 1).all()  # the genuine stratum holds person 0 alone: drawn every time
+    assert set(np.unique(w[:, 4])) <= {0, 1, 2, 3}
+
+
+@pytest.mark.parametrize("statistic", ["kfold_accuracy", "auc", "decision_accuracy", "eer"])
+def test_weighted_fast_paths_equal_the_statistic_on_repeated_pairs(statistic):
+    scores, labels = _random_pairs(4, n=90, decimals=0)
+    labels = labels == 1
+    folds = np.arange(90) % 3
+    values = scores if statistic != "decision_accuracy" else (scores > 0.5).astype(float)
+    clusters = np.c_[np.arange(90) % 25, np.where(labels, np.arange(90) % 25, 30 + np.arange(90) % 40)]
+    counts = fm._identity_draw(clusters, labels, np.random.default_rng(1))(50)
+    fn = fm.BOOTSTRAP_STATISTICS[statistic]
+    fast = np.asarray(fm._resampled(fn, values, labels, folds, counts), float)
+    slow = []
+    for c in counts:
+        i = np.repeat(np.arange(90), c)
+        ok = len(np.unique(folds[i])) > 1 and labels[i].any() and not labels[i].all()
+        slow.append(fn(values[i], labels[i], folds[i]) if ok else np.nan)
+    np.testing.assert_allclose(fast, slow, atol=1e-12)

@@ -14,10 +14,11 @@ from facebench.report.figures import (caption, hardest_pairs, hardest_pairs_gall
 from facebench.report.published import load_published, published_sources, published_table
 from facebench.report.run_page import (glue_metrics, metrics_table, notes, provenance_table, roc_figure,
                                        run_metrics, score_distribution_figure)
-from facebench.report.tables import (bootstrap_table, dataset_table, finetune_table, glue_results, group_table,
-                                     main_table, mcnemar_table, models_table, order_consistency_table,
-                                     paired_comparison, prompt_sensitivity_table, prompts_table, status_table,
-                                     tar_at_far_table)
+from facebench.report.tables import (bootstrap_table, dataset_table, extraction_disagreements, extraction_table,
+                                     finetune_table, glue_results, group_decision_table, group_table,
+                                     group_threshold_table, learned_threshold_table, main_table, mcnemar_table,
+                                     models_table, order_consistency_table, own_answer_table, paired_comparison,
+                                     prompt_sensitivity_table, prompts_table, status_table, tar_at_far_table)
 
 __all__ = [
     "NOT_RUN",
@@ -25,14 +26,19 @@ __all__ = [
     "caption",
     "collect",
     "dataset_table",
+    "extraction_disagreements",
+    "extraction_table",
     "finetune_table",
     "glue_metrics",
     "glue_results",
     "group_accuracies",
+    "group_decision_table",
     "group_table",
+    "group_threshold_table",
     "hardest_pairs",
     "hardest_pairs_gallery",
     "headline",
+    "learned_threshold_table",
     "load_published",
     "main_table",
     "mcnemar_table",
@@ -41,6 +47,7 @@ __all__ = [
     "models_table",
     "notes",
     "order_consistency_table",
+    "own_answer_table",
     "paired_comparison",
     "per_dataset_figures",
     "prompt_sensitivity_table",

@@ -4,13 +4,11 @@ Also the small helpers the tables and figures share to pick complete runs out of
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from facebench.grid import STATUS_FILE, load_grid
+from facebench.grid import STATUS_FILE, load_grid, recorded_status
 from facebench.scoring import Run, open_run
 
 NOT_RUN = "not run"
@@ -27,7 +25,7 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
     from facebench.datasets import load_dataset
 
     grid = load_grid(grid_path)
-    recorded = _recorded_status(grid["runs_dir"] / STATUS_FILE)
+    recorded = recorded_status(grid["runs_dir"] / STATUS_FILE)
     rows, datasets = [], {}
     for cell in grid["cells"]:
         p = cell["parameters"]
@@ -84,12 +82,6 @@ def model_family(model: str) -> str:
         return entry["family"]
     return {"hf": "MLLM", "onnx": "face recognition", "dlib": "face recognition"}.get(model.partition(":")[0],
                                                                                       "unknown")
-
-
-def _recorded_status(path: Path) -> dict[str, dict]:
-    if not path.exists():
-        return {}
-    return {c["name"]: c for c in json.loads(path.read_text())["cells"]}
 
 
 def group_accuracies(run: Run) -> dict[str, float]:
@@ -152,7 +144,9 @@ def headline(results: pd.DataFrame, grid_path):
     picked = {}
     for role, rows in candidates.items():  # the cell the grid names, else the most accurate candidate
         rows = here[here["model"] == wanted[role]] if role in wanted else here[rows]
-        picked[role] = None if rows.empty else rows.loc[rows["accuracy_mean"].astype(float).idxmax()]
+        # MLLMs rank by their own answers (the main table's measure) where they gave any
+        key = "hard_accuracy_all" if role == "mllm" and _has(rows, "hard_accuracy_all") else "accuracy_mean"
+        picked[role] = None if rows.empty else rows.loc[rows[key].astype(float).idxmax()]
     fr, mllm, control = picked["fr"], picked["mllm"], picked["control"]
     if fr is not None:
         lines.append(f"On {dataset}, the best face-recognition model, <strong>{escape(fr['model'])}</strong>, "
@@ -160,17 +154,54 @@ def headline(results: pd.DataFrame, grid_path):
                      f"{fr['eer']:.1%} over {int(fr['n_pairs'])} pairs.")
     else:
         lines.append(f"No face-recognition model of this grid is complete on {dataset}.")
-    if mllm is not None:
-        lines.append(f"The best MLLM, <strong>{escape(mllm['model'])}</strong>, reaches a k-fold accuracy of "
-                     f"{mllm['accuracy_mean']:.1%} (AUC {mllm['auc']:.2f}) and gives a readable answer for {mllm['acquire_rate']:.0%} of the pairs.")
+    if mllm is not None and _known(mllm.get("hard_accuracy_all")):
+        lines.append(f"The best MLLM, <strong>{escape(mllm['model'])}</strong>, answers {mllm['hard_accuracy_all']:.1%} "
+                     f"of the pairs right on its own (an answer that cannot be read counted as wrong; "
+                     f"{_share(mllm['hard_accuracy'])} of its valid answers, which it gives for "
+                     f"{mllm['acquire_rate']:.0%} of the pairs); with a threshold learned on its log-odds it would "
+                     f"reach a k-fold accuracy of {mllm['accuracy_mean']:.1%} (AUC {mllm['auc']:.2f}).")
+    elif mllm is not None:
+        lines.append(f"The best MLLM, <strong>{escape(mllm['model'])}</strong>, stored no answers of its own; with a "
+                     f"threshold learned on its scores it reaches a k-fold accuracy of {mllm['accuracy_mean']:.1%} "
+                     f"(AUC {mllm['auc']:.2f}).")
     else:
         lines.append(f"No MLLM (other than a control) of this grid is complete on {dataset}.")
     if control is not None:
         lines.append(
             f"The <strong>negative control</strong> ({escape(control['model'])}: an MLLM with random weights, asked "
-            f"through exactly the same protocol as the real models) reaches an AUC of {control['auc']:.2f} and a k-fold accuracy "
-            f"of {control['accuracy_mean']:.1%} (to be read against the {int(control['n_impostor'])} impostor pairs "
-            f"among {int(control['n_pairs'])}: answering \"different\" to every pair is right that often), and gives "
-            f"a readable answer for {control['acquire_rate']:.0%} of the pairs. It should be near chance (an AUC "
-            "near 0.5); anything much better would reveal a leak of labels or identities into the protocol.")
+            f"through exactly the same protocol as the real models) {_chance_judgement(control['run'])} It gives a "
+            f"readable answer for {control['acquire_rate']:.0%} of the pairs, and its k-fold accuracy of "
+            f"{control['accuracy_mean']:.1%} is to be read against the {int(control['n_impostor'])} impostor pairs "
+            f"among {int(control['n_pairs'])}: answering \"different\" to every pair is right that often.")
     return HTML(f"<p>{' '.join(lines)}</p>")
+
+
+def _known(v) -> bool:
+    return v is not None and not pd.isna(v)
+
+
+def _has(rows: pd.DataFrame, key: str) -> bool:
+    return key in rows and rows[key].map(_known).any()
+
+
+def _share(v) -> str:
+    return f"{v:.1%}" if _known(v) else "none"
+
+
+def _chance_judgement(run: Run) -> str:
+    """The control's AUC judged two-sided against label shuffles
+    (:func:`~facebench.metrics.auc_permutation_test`), as a sentence."""
+    from facebench.metrics import auc_permutation_test
+
+    t = _scored(run)
+    if t["same"].nunique() < 2:
+        return "has no AUC: its scored pairs do not hold both genuine and impostor pairs."
+    r = auc_permutation_test(t["score"].to_numpy(float), t["same"].to_numpy())
+    measured = (f"puts its AUC at {r['auc']:.3f} over {len(t)} scored pairs: |AUC − 0.5| = {r['distance']:.3f}, "
+                f"{'inside' if r['near_chance'] else 'outside'} the band of {r['band']:.3f} that "
+                f"{r['level']:.0%} of {r['n_permutations']} shufflings of its labels stay within (p = {r['pvalue']:.2g})")
+    if r["near_chance"]:
+        return f"{measured}, so it is at chance, as a model that knows nothing must be."
+    return (f"{measured}: further from chance than shuffled labels go, in either direction. A control that beats "
+            "or inverts chance reveals a leak of labels or identities into the protocol, or a low-level confound "
+            "in the pairs (colour, lighting, crop); find it before reading any MLLM's number.")

@@ -143,8 +143,8 @@ def _answer_text(raw) -> str:
 def hardest_pairs(run: Run, *, k: int = 3, kind: str = "FR") -> pd.DataFrame:
     """The ``k`` genuine pairs with the lowest scores and the ``k`` impostor pairs
     with the highest, each marked as a false reject / false accept when the
-    model got it wrong: by its own answer for an MLLM, by the k-fold rule for a
-    face-recognition model."""
+    model got it wrong: by its own answer for an MLLM (an answer that cannot be
+    read: "invalid answer"), by the k-fold rule for a face-recognition model."""
     if k < 1:
         raise ValueError(f"k must be at least 1; got {k}")
     t = _scored(run)
@@ -158,8 +158,9 @@ def hardest_pairs(run: Run, *, k: int = 3, kind: str = "FR") -> pd.DataFrame:
     else:
         call = pd.Series("n/a", index=t.index)
     t = t.assign(call=call)
-    t = t.assign(error=np.select([t["same"] & (t["call"] == "different"), ~t["same"] & (t["call"] == "same")],
-                                 ["false reject", "false accept"], ""))
+    # An answer that cannot be read is wrong, as in the main table's own-answer accuracy.
+    t = t.assign(error=np.select([t["same"] & (t["call"] == "different"), ~t["same"] & (t["call"] == "same"),
+                                  t["call"] == "invalid"], ["false reject", "false accept", "invalid answer"], ""))
     genuine = t[t["same"]].nsmallest(k, "score")
     impostor = t[~t["same"]].nlargest(k, "score")
     return pd.concat([genuine, impostor])

@@ -1,25 +1,27 @@
 """Published numbers (book/published_results.yaml), checked, next to this checkout's."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from facebench.paths import in_checkout
 from facebench.report.collecting import NOT_RUN, _complete
 from facebench.report.tables import _pct
 
 PUBLISHED_KEYS = ("id", "system", "dataset", "metric", "value", "source", "verified")
 
 
-PUBLISHED_METRICS = {"accuracy_mean": "k-fold accuracy", "hard_accuracy": "own-threshold accuracy"}
+PUBLISHED_METRICS = {"accuracy_mean": "k-fold accuracy", "hard_accuracy": "own-threshold accuracy",
+                     "human_accuracy": "human judgement (the source's own procedure)",
+                     "accuracy": "accuracy (protocol not known)"}
 
 
 def load_published(path) -> list[dict]:
     """The published numbers of ``path`` (see book/published_results.yaml),
     checked: every entry has its keys, a known metric, a value in (0, 100] and a
     source with a title and a URL. Errors name the file and the entry."""
-    path = Path(path)
+    path = in_checkout(path)
     doc = yaml.safe_load(path.read_text())
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise ValueError(f"{path}: expected a mapping with a 'results' list")
@@ -71,7 +73,9 @@ def _matches(run_settings: dict | None, wanted: dict | None) -> bool:
 def published_table(results: pd.DataFrame, path) -> pd.DataFrame:
     """Published numbers next to this checkout's: the same model (and, where the
     entry names them, settings) on the same dataset, same metric. A number
-    nobody has reproduced here says "not run"."""
+    nobody has reproduced here says "not run"; each entry's note (what limits
+    the comparison) is shown with it, and a source that does not name its
+    dataset says so."""
     done = _complete(results)
     entries = load_published(path)
     numbers = _source_numbers(entries)
@@ -88,8 +92,9 @@ def published_table(results: pd.DataFrame, path) -> pd.DataFrame:
                 ours = (f"{100 * r['accuracy_mean']:.2f} ± {100 * r['accuracy_std']:.2f}"
                         if e["metric"] == "accuracy_mean" else _pct(r.get(e["metric"])))
         wanted = ", ".join(f"{k}={v}" for k, v in (e.get("settings") or {}).items())
-        rows.append({"System": e["system"] + (f" ({wanted})" if wanted else ""), "Dataset": e["dataset"],
-                     "Metric": PUBLISHED_METRICS[e["metric"]], "Published (%)": f"{e['value']:.2f}",
-                     "This checkout (%)": ours, "Source": f"[{numbers[_source_text(e['source'])]}]",
-                     "Checked": "yes" if e["verified"] else "unverified"})
+        rows.append({"System": e["system"] + (f" ({wanted})" if wanted else ""),
+                     "Dataset": e["dataset"] or "not named", "Metric": PUBLISHED_METRICS[e["metric"]],
+                     "Published (%)": f"{e['value']:.2f}", "This checkout (%)": ours,
+                     "Source": f"[{numbers[_source_text(e['source'])]}]",
+                     "Checked": "yes" if e["verified"] else "unverified", "Note": " ".join(str(e.get("note") or "").split())})
     return pd.DataFrame(rows).set_index(["System", "Dataset"])

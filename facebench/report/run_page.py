@@ -6,21 +6,28 @@ import math
 
 import pandas as pd
 
-from facebench.metrics import roc_curve
-from facebench.scoring import Run
+from facebench.metrics import MIN_FALSE_ACCEPTS, roc_curve
+from facebench.scoring import Run, status_of
 
 METRIC_LABELS = {
-    "accuracy_mean": "Accuracy (k-fold mean)", "accuracy_std": "Accuracy (k-fold std)",
-    "hard_accuracy": "Hard accuracy (own decisions)", "auc": "ROC AUC", "eer": "EER",
+    "hard_accuracy_all": "Own-answer accuracy (all pairs, invalid = wrong)",
+    "hard_accuracy": "Own-answer accuracy (valid answers only)",
+    "accuracy_mean": "Accuracy, learned threshold (k-fold mean)",
+    "accuracy_std": "Accuracy, learned threshold (k-fold std)", "auc": "ROC AUC", "eer": "EER",
     "tar_at_far_1e-2": "TAR @ FAR=1e-2", "tar_at_far_1e-3": "TAR @ FAR=1e-3", "acquire_rate": "Acquire rate",
+    "refusal_rate": "Refusal rate",
 }
 
 
 def run_metrics(run: Run) -> dict:
     """The run's metrics (:meth:`~facebench.scoring.Run.metrics`) with ``n_scored`` of
-    ``n_total`` pairs stored; only those two counts while nothing is stored yet."""
+    ``n_total`` pairs stored, ``n_with_score`` of them with a score; only the first two
+    counts while nothing is stored yet."""
     n_total, n_scored = len(run.table), int(run.table["stored"].sum())
-    return {**(run.metrics() if n_scored else {}), "n_scored": n_scored, "n_total": n_total}
+    if not n_scored:
+        return {"n_scored": 0, "n_total": n_total}
+    return {**run.metrics(), "n_scored": n_scored, "n_total": n_total,
+            "n_with_score": int(run.table["score"].notna().sum())}
 
 
 def metrics_table(m: dict) -> pd.DataFrame:
@@ -29,10 +36,18 @@ def metrics_table(m: dict) -> pd.DataFrame:
     if m.get("n_scored") == 0:
         rows.append(("Metrics", "none yet: `facebench evaluate` (or `facebench grid`) scores the pairs"))
         return pd.DataFrame(rows, columns=["Metric", "Value"]).set_index("Metric")
-    rows += [(label, _fmt(m[key], key)) for key, label in METRIC_LABELS.items() if key in m]
+    unresolved = {k: unresolved_text(m["tar_false_accepts"][k]) for k in m.get("tar_unresolved", ())}
+    rows += [(label, unresolved.get(key) or _fmt(m[key], key)) for key, label in METRIC_LABELS.items() if key in m]
     rows += [("Pairs", f"{m['n_pairs']} ({m['n_genuine']} genuine, {m['n_impostor']} impostor)"),
              ("Folds", str(len(m["fold_accuracies"])))]
     return pd.DataFrame(rows, columns=["Metric", "Value"]).set_index("Metric")
+
+
+def unresolved_text(false_accepts: int) -> str:
+    """What a TAR@FAR resting on too few false accepts shows instead of a number
+    (:data:`~facebench.metrics.MIN_FALSE_ACCEPTS`, Doddington's rule of 30); the run
+    page and the TAR table both say it."""
+    return f"not resolved ({false_accepts} of {MIN_FALSE_ACCEPTS} false accepts)"
 
 
 def _fmt(v, key: str = "") -> str:
@@ -91,18 +106,23 @@ def score_distribution_figure(run: Run):
 
 
 def notes(m: dict):
-    """The metric caveats of a run (unresolved FAR, invalid outputs) as Markdown."""
+    """The metric caveats of a run (unresolved FAR, invalid outputs, why a figure is missing) as Markdown."""
     from IPython.display import Markdown
 
     lines = [f"- {f}" for f in m["flags"]] or ["- no caveats"]
+    if m.get("n_scored") and not m.get("n_with_score"):
+        lines.insert(0, f"- **no ROC curve and no score distribution**: none of the {m['n_scored']} stored pairs "
+                        f"has a score (acquire rate {_fmt(m.get('acquire_rate'))}), so there is nothing to plot")
     if not m.get("complete", True):
         lines.insert(0, "- **partial run**: only the pairs scored so far are counted")
     return Markdown("\n".join(lines))
 
 
 def provenance_table(run: Run) -> pd.DataFrame:
-    """What produced this run: model, settings, dataset checksum, versions, commit."""
-    m = run.manifest
+    """What produced this run: model, settings, dataset checksum, versions, commit; its status
+    from the stored rows, not the manifest, so a process killed while scoring leaves nothing stale."""
+    m, t = run.manifest, run.table
+    done = int((t["stored"] & t["error"].isna()).sum())
     rows = {"model": m.get("model"), "model id": m.get("model_id"), "revision": m.get("revision"),
             "device": m.get("device"), "settings": json.dumps(m.get("settings"), sort_keys=True),
             "runtime settings (not part of the identity)": json.dumps(m["runtime_settings"], sort_keys=True)
@@ -112,7 +132,7 @@ def provenance_table(run: Run) -> pd.DataFrame:
             "image handling": m.get("image_handling"),
             "settings hash": m.get("settings_hash"), "dataset checksum": m.get("dataset_checksum"),
             "git commit": (m.get("git") or {}).get("commit"), "uncommitted changes": (m.get("git") or {}).get("dirty"),
-            "status": m.get("status"), "created": m.get("created"), "updated": m.get("updated")}
+            "status": status_of(done, len(t)), "created": m.get("created"), "updated": m.get("updated")}
     rows = {k: v for k, v in rows.items() if v is not None}  # FR runs have no prompt
     rows |= {f"version: {k}": v for k, v in (m.get("versions") or {}).items()}
     return pd.DataFrame({"Value": {k: str(v) for k, v in rows.items()}}).rename_axis("Run")
