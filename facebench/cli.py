@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from facebench.registry import UnknownNameError
@@ -34,11 +36,12 @@ def print_metrics(m: dict) -> None:
           f"{len(m['fold_accuracies'])} folds")
     print(f"  accuracy         {pct(m['accuracy_mean'])} ± {pct(m['accuracy_std'])} (k-fold, threshold per fold)")
     if "hard_accuracy" in m:
-        print(f"  hard accuracy    {pct(m['hard_accuracy'])} (the model's own decisions)")
+        print(f"  own answers      {pct(m['hard_accuracy_all'])} of all pairs (unreadable = wrong), "
+              f"{pct(m['hard_accuracy'])} of valid ones")
     print(f"  AUC              {m['auc']:.4f}")
     print(f"  EER              {pct(m['eer'])}")
     for key in (k for k in m if k.startswith("tar_at_far_")):
-        print(f"  TAR@FAR={key[11:]:<7}  {pct(m[key])}")
+        print(f"  TAR@FAR={key[11:]:<7}  {'not resolved' if key in m.get('tar_unresolved', ()) else pct(m[key])}")
     print(f"  acquire rate     {pct(m['acquire_rate'])}")
     for flag in m["flags"]:
         print(f"  note: {flag}")
@@ -60,13 +63,40 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from facebench.models import PREFIXES, registry_entries, resolve
+    from facebench.backends.onnx_fr import file_problem
+    from facebench.models import PREFIXES, registry_document, resolve
 
-    for name, entry in registry_entries().items():
+    if getattr(args, "models_command", None) == "fetch":
+        return cmd_models_fetch(args)
+    doc = registry_document()
+    for name, entry in doc["models"].items():
         ok, why = resolve(name).availability()
         print(f"{name:24s} {entry.get('family', ''):18s} {'available' if ok else 'not available: ' + why}")
+    for name, entry in (doc.get("detectors") or {}).items():
+        why = file_problem(entry["file"], entry["sha256"], entry=entry)
+        print(f"{name:24s} {'face detector':18s} {'available' if not why else 'not available: ' + why}")
     if PREFIXES:
         print("also: " + ", ".join(f"{p}:<argument>" for p in PREFIXES))
+    return 0
+
+
+def cmd_models_fetch(args) -> int:
+    from facebench.fetch import FetchError, fetch, fetchable
+
+    if bool(args.names) == args.all:
+        raise ValueError("name the models to fetch, or give --all (not both)")
+    names = args.names or [n for n, e in fetchable().items() if args.accept_license or not e.get("accept_license")]
+    if args.all and not args.accept_license:
+        skipped = [n for n, e in fetchable().items() if e.get("accept_license")]
+        print(f"skipped (their licences need --accept-license): {', '.join(skipped)}")
+    failed = []
+    for name in names:
+        try:
+            fetch(name, accept_license=args.accept_license)
+        except FetchError as exc:  # the others are still fetched; every failure is reported at the end
+            failed.append(str(exc))
+    if failed:
+        raise FetchError("\n".join(failed))
     return 0
 
 
@@ -96,9 +126,7 @@ def cmd_data_check(args) -> int:
 def cmd_evaluate(args) -> int:
     from facebench.scoring import evaluate
 
-    settings = dict(args.set or [])
-    if args.both_orders:
-        settings["both_orders"] = True
+    settings = _settings(args)
     # `facebench merge` is this command with nothing scored: it folds the run's shard files in.
     merging = args.command == "merge"
     run = evaluate(args.model, args.dataset, root=args.root, limit=args.limit, batch_size=args.batch_size,
@@ -131,6 +159,49 @@ def cmd_import(args) -> int:
     return 0
 
 
+def cmd_reparse(args) -> int:
+    from facebench.extraction import load_rule, reparse, reparse_summary
+    from facebench.scoring import open_run
+
+    run = open_run(args.model, args.dataset, root=args.root, limit=args.limit, out=args.out,
+                   settings=_settings(args) or None)
+    if not run.table["stored"].any():
+        raise ValueError(f"{run.store.dir}: no stored pairs of {run.model} on {run.dataset.name}; "
+                         "`facebench evaluate` with the same options scores them")
+    s = reparse_summary(reparse(run, args.rule))
+    pct = lambda v: "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}%"  # noqa: E731
+    print(f"{run.model} on {run.dataset.name}: stored answers read under {s['rule']} "
+          f"(the run's own: {s['own_rule']}); nothing scored or stored")
+    print(f"  rule             {load_rule(s['rule']).summary}")
+    print(f"  pairs            {s['n_pairs']}")
+    print(f"  own-answer acc.  {pct(s['hard_accuracy'])} of valid answers, {pct(s['hard_accuracy_all'])} of all "
+          "pairs (invalid counted wrong)")
+    print(f"  acquire rate     {pct(s['acquire_rate'])}")
+    print(f"  refusals         {s['n_refusals']} ({pct(s['refusal_rate'])}), apart from other invalid answers")
+    print(f"  changed          {s['n_changed']} decisions differ from the stored ones")
+    if args.json:
+        print(_json_line({"dataset": run.dataset.name, "model": run.model, **s}))
+    return 0
+
+
+def _settings(args) -> dict:
+    """The model settings of ``--set`` and ``--both-orders``."""
+    return {**dict(args.set or []), **({"both_orders": True} if args.both_orders else {})}
+
+
+def _stored_run_options(s, root: dict) -> None:
+    """The options that name a run as ``facebench evaluate`` made it (``merge``, ``reparse``)."""
+    s.add_argument("--model", required=True, help="as given to `facebench evaluate`")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--root", **root)
+    s.add_argument("--limit", type=int, default=None, help="as given to `facebench evaluate`")
+    s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/ in the checkout)")
+    s.add_argument("--set", action="append", type=_setting, metavar="KEY=VALUE",
+                   help="as given to `facebench evaluate`")
+    s.add_argument("--both-orders", action="store_true", help="as given to `facebench evaluate`")
+    s.add_argument("--json", action="store_true", help="end with the numbers as one JSON line")
+
+
 def _shard(text: str) -> tuple[int, int]:
     from facebench.scoring import parse_shard
 
@@ -147,7 +218,13 @@ def _setting(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value is not valid YAML ({' '.join(str(exc).split())})")
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        raise argparse.ArgumentTypeError(f"{text!r}: a setting must be a finite number, not {value}")
+    return key, parsed
 
 
 def cmd_prompts(args) -> int:
@@ -196,7 +273,8 @@ def cmd_grid(args) -> int:
     for option, value in (("--address", args.address), ("--shards", args.shards)):
         if value is not None and args.executor != "ray":
             raise ValueError(f"{option} {value} needs --executor ray")
-    status = run_grid(args.grid, force=args.force, executor=args.executor, address=args.address, shards=args.shards)
+    status = run_grid(Path(args.grid).absolute(), force=args.force, executor=args.executor, address=args.address,
+                      shards=args.shards, only=args.only, score=args.command == "grid")
     counts: dict[str, int] = {}
     for c in status["cells"]:
         counts[c["status"]] = counts.get(c["status"], 0) + 1
@@ -204,13 +282,13 @@ def cmd_grid(args) -> int:
     for page, error in status.get("failed_summaries", {}).items():
         print(f"summary {page} failed: {error}", file=sys.stderr)
     # A failed summary leaves the book without its numbers: never a success.
-    return 1 if status.get("failed_summaries") or (counts.get("failed") and args.strict) else 0
+    return 1 if status.get("failed_summaries") or (counts.get("failed") and not args.allow_failures) else 0
 
 
 def cmd_book(args) -> int:
     from facebench.grid import build_book
 
-    print(f"open {build_book(args.grid)}")
+    print(f"open {build_book(Path(args.grid).absolute())}")
     return 0
 
 
@@ -234,8 +312,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--root", **root)
     s.set_defaults(func=cmd_datasets)
 
-    s = sub.add_parser("models", help="known models and whether they run here")
+    s = sub.add_parser("models", help="known models and whether they run here; `models fetch` gets weights")
     s.set_defaults(func=cmd_models)
+    f = s.add_subparsers(dest="models_command").add_parser(
+        "fetch", help="download models' weights files from the sources in facebench/models.yaml, verify their "
+                      "sha256 and put them in the models folder ($FACEBENCH_MODELS, else data/models/)")
+    f.add_argument("names", nargs="*", metavar="NAME", help="models (or detectors, e.g. yunet) to fetch")
+    f.add_argument("--all", action="store_true",
+                   help="every model with sources (those whose licences need --accept-license only with it)")
+    f.add_argument("--accept-license", action="store_true",
+                   help="accept the licence terms of models that need it (insightface: non-commercial research only)")
 
     data = sub.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
     s = data.add_parser("check", help="check a dataset's layout, pairs, checksums and images", epilog=EPILOG)
@@ -267,16 +353,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("merge", help="fold a run's shard files into its results and print the metrics "
                                      "(scores nothing)", epilog=EPILOG)
-    s.add_argument("--model", required=True, help="as given to `facebench evaluate`")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--root", **root)
-    s.add_argument("--limit", type=int, default=None, help="as given to `facebench evaluate`")
-    s.add_argument("--out", default=None, metavar="DIR", help="results folder (default: results/ in the checkout)")
-    s.add_argument("--set", action="append", type=_setting, metavar="KEY=VALUE",
-                   help="as given to `facebench evaluate`")
-    s.add_argument("--both-orders", action="store_true", help="as given to `facebench evaluate`")
-    s.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
+    _stored_run_options(s, root)
     s.set_defaults(func=cmd_evaluate, batch_size=16, shard=None)
+
+    s = sub.add_parser("reparse", help="read a run's stored answers again under an extraction rule and print "
+                                       "decisions' accuracy, acquire and refusal rates (loads no model, "
+                                       "changes nothing stored)", epilog=EPILOG)
+    _stored_run_options(s, root)
+    s.add_argument("--rule", default=None, help="extraction rule (facebench/extraction.yaml), e.g. "
+                                                "vlmevalkit-yorn; default: the run's own")
+    s.set_defaults(func=cmd_reparse)
 
     s = sub.add_parser("import", help="store per-pair results made elsewhere (CSV or JSON Lines, e.g. vLLM outputs) "
                                       "as a run and print the metrics", epilog=EPILOG)
@@ -311,8 +397,12 @@ def parser() -> argparse.ArgumentParser:
                                     "table of contents")
     s.add_argument("grid")
     s.add_argument("--force", action="store_true",
-                   help="render every page again, fresh or not (stored pairs are never scored twice)")
-    s.add_argument("--strict", action="store_true", help="exit non-zero when a cell failed")
+                   help="render every page (of the --only cells) again, fresh or not; stored pairs are never "
+                        "scored twice")
+    s.add_argument("--only", nargs="+", metavar="CELL",
+                   help="just these cells (names or globs such as 'dlib__*'); the others keep their pages")
+    s.add_argument("--allow-failures", action="store_true",
+                   help="exit 0 even when a cell failed (its page shows the failure); by default the exit is 1")
     s.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: cells one after another here; ray: cells (and shards) as tasks on a Ray cluster")
     s.add_argument("--address", default=None, metavar="ADDR",
@@ -320,6 +410,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--shards", type=int, default=None, metavar="N",
                    help="with --executor ray: split every cell into N tasks (overrides the grid file's shards)")
     s.set_defaults(func=cmd_grid)
+
+    s = sub.add_parser("render", help="render cells' pages again from their stored runs, scoring nothing "
+                                      "(the same pages as `facebench grid`)")
+    s.add_argument("grid")
+    s.add_argument("only", nargs="+", metavar="CELL", help="cell names or globs, e.g. dlib__lfw or 'dlib__*'")
+    s.set_defaults(func=cmd_grid, force=True, allow_failures=False, executor="local", address=None, shards=None)
 
     s = sub.add_parser("book", help="build a grid's HTML book (jupyter-book build -n -W --keep-going) after "
                                     "`facebench grid`")
@@ -334,16 +430,32 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``timeout``, SLURM's ``scancel``), handled as Ctrl-C is: work stops, the status is recorded."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return args.func(args)
-    except (UnknownNameError, ValueError, FileNotFoundError, RuntimeError) as exc:
+    except Terminated:
+        print("facebench: terminated (SIGTERM); finished pairs are saved and a rerun resumes", file=sys.stderr)
+        return 143
+    except (UnknownNameError, ValueError, OSError, RuntimeError) as exc:  # OSError names its file: a full disk
         print(f"facebench: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("facebench: interrupted; finished pairs are saved and a rerun resumes", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ class LocalExecutor:
     """Each cell scored in this process, one after another."""
 
     name = "local"
+    remote = False  # scores where the grid runs: the grid's own availability check is the one that counts
 
     def __init__(self, address: str | None = None, **_):
         if address:
@@ -112,28 +113,30 @@ class RayExecutor:
     """
 
     name = "ray"
+    remote = True  # a model's availability is decided on the node that runs its task (NodeError)
 
     def __init__(self, address: str | None = None, *, num_cpus: int | None = None, temp_dir=None,
                  log_to_driver: bool = True, task: Callable | None = None):
         self.address, self.num_cpus, self.temp_dir = address, num_cpus, temp_dir
         self.log_to_driver, self.task = log_to_driver, task or score_task
-        self._nodes: list[dict] = []
+        self._nodes: list[dict] = []  # ray.nodes() entries of the alive nodes when the session began
 
     @contextmanager
     def session(self):
         with ray_session(self.address, num_cpus=self.num_cpus, temp_dir=self.temp_dir,
                          log_to_driver=self.log_to_driver) as ray:
-            self._nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+            self._nodes = [n for n in ray.nodes() if n.get("Alive")]
             yield self
 
     def resources(self, model: str) -> dict:
         from facebench.models import resolve
 
-        return task_resources(resolve(model), cluster_gpus=sum(n.get("GPU", 0) for n in self._nodes))
+        gpus = sum(n["Resources"].get("GPU", 0) for n in self._nodes)
+        return task_resources(resolve(model), cluster_gpus=gpus)
 
     def unavailable(self, model: str) -> str | None:
         """Why no node of the cluster, as it was when the session began, can take a task of ``model``, or None."""
-        return infeasible(self.resources(model), self._nodes)
+        return infeasible(self.resources(model), [n["Resources"] for n in self._nodes])
 
     def score(self, jobs: list[Job], *, log: Callable) -> dict[int, tuple[BaseException, str]]:
         import ray
@@ -146,14 +149,16 @@ class RayExecutor:
         server = ray.remote(StoreServer).options(num_cpus=0, scheduling_strategy=here).remote()
         task = ray.remote(self.task)
         running: dict = {}  # ObjectRef → (job, shard, attempt, store folder)
+        refused: dict[tuple, dict[str, NodeError]] = {}  # (job index, shard) → node id → why that node failed
         left: dict[int, int] = {}  # job index → tasks not finished
         errors: dict[int, tuple] = {}  # job index → (error, traceback) of its first task that failed for good
         sharded: dict[int, Job] = {}
 
-        def submit(job, shard, attempt, store_dir):
+        def submit(job, shard, attempt, store_dir, node=None):
             res = self.resources(job.parameters["model"])
+            where = {} if node is None else {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
             ref = task.options(num_cpus=res["cpus"], num_gpus=res["gpus"], max_retries=0,
-                               name=f"{job.name}{_shard_label(shard)}").remote(
+                               name=f"{job.name}{_shard_label(shard)}", **where).remote(
                 scoring_parameters(job.parameters), shard, store_dir, server)
             running[ref] = (job, shard, attempt, store_dir)
 
@@ -186,7 +191,18 @@ class RayExecutor:
                     log(f"{job.label}{_shard_label(shard)}: {done['pairs']} pairs stored ({done['seconds']} s)")
                 except Exception as exc:  # noqa: BLE001 - task errors and lost workers alike
                     error, trace = unwrap_error(exc)
-                    if attempt <= RETRIES:
+                    if isinstance(error, NodeError):
+                        # That node cannot run it (no weights, no dataset, other settings): another one may.
+                        failed_on = refused.setdefault((job.index, shard), {})
+                        failed_on[error.node_id] = error
+                        other = pick_node(self._nodes, self.resources(job.parameters["model"]), exclude=failed_on)
+                        if other is not None:
+                            log(f"{job.label}{_shard_label(shard)}: {error}; retrying on node "
+                                f"{other['NodeManagerHostname']}")
+                            submit(job, shard, attempt, store_dir, node=other["NodeID"])
+                            continue
+                        error = NodeError.every_node(failed_on.values())
+                    elif attempt <= RETRIES:
                         log(f"{job.label}{_shard_label(shard)}: {type(error).__name__}: {_first_line(error)}; "
                             f"retrying (attempt {attempt + 1} of {RETRIES + 1})")
                         submit(job, shard, attempt + 1, store_dir)
@@ -253,7 +269,15 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None, temp
         tmp, remove = ray_temp_dir(temp_dir)
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(tmp), log_to_driver=log_to_driver)
     else:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        try:
+            ray.init(address=address, log_to_driver=log_to_driver)
+        except (ConnectionError, RuntimeError) as exc:
+            raise RuntimeError(
+                f"--address {address}: cannot join the Ray cluster ({_first_line(exc)}). Check that the head runs "
+                "(`ray status` there), that this machine reaches it, that its Ray is the same version "
+                f"({ray.__version__} here), and, where the head uses token auth, that RAY_AUTH_MODE=token and the "
+                "head's ~/.ray/auth_token are set here too (README: 'Running the full study on a cluster')"
+            ) from None
     try:
         yield ray
     finally:
@@ -346,11 +370,23 @@ def score_task(parameters: dict, shard: tuple[int, int] | None = None, store_dir
     ``store_dir`` on the driver's machine, and no progress bar is drawn (it
     would flood the driver's console); it resumes from what that store holds.
     """
-    from facebench.scoring import evaluate
+    from facebench.datasets import DatasetError
+    from facebench.scoring import RunError, evaluate
 
     t0 = time.perf_counter()
-    remote = RemoteStore(server, store_dir) if server is not None else None
-    run = evaluate(**parameters, shard=shard, store=remote, progress=server is None)
+    if server is None:
+        run = evaluate(**parameters, shard=shard)
+    else:
+        from facebench.grid import unavailable_reason
+
+        node, host = _this_node()
+        why = unavailable_reason(parameters["model"])  # decided here, where the model would run
+        if why:
+            raise NodeError(node, host, f"cannot run {parameters['model']}: {why}", True)
+        try:
+            run = evaluate(**parameters, shard=shard, store=RemoteStore(server, store_dir), progress=False)
+        except (DatasetError, RunError, OSError) as exc:  # this node's data, settings or files
+            raise NodeError(node, host, f"{type(exc).__name__}: {exc}") from exc
     return {"pairs": len(run.dataset.pairs), "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -361,7 +397,8 @@ class StoreServer:
     single writer however many workers report at once.
     """
 
-    METHODS = frozenset({"done_ids", "write", "rows", "read_manifest", "write_manifest", "merge_shards"})
+    METHODS = frozenset({"done_ids", "write", "rows", "read_manifest", "write_manifest", "merge_shards",
+                         "check_dataset"})
 
     def call(self, directory: str, shard: tuple[int, int] | None, method: str, *args):
         if method not in self.METHODS:
@@ -396,8 +433,8 @@ class RemoteStore:
     def done_ids(self) -> set[int]:
         return self._call("done_ids")
 
-    def write(self, rows: list[dict]) -> None:
-        self._call("write", rows)
+    def write(self, rows: list[dict], dataset_checksum: str | None = None) -> None:
+        self._call("write", rows, dataset_checksum)
 
     def rows(self):
         return self._call("rows")
@@ -408,8 +445,53 @@ class RemoteStore:
     def write_manifest(self, doc: dict) -> None:
         self._call("write_manifest", doc)
 
-    def merge_shards(self) -> dict[str, dict]:
-        return self._call("merge_shards")
+    def merge_shards(self, dataset_checksum: str | None = None) -> dict[str, dict]:
+        return self._call("merge_shards", dataset_checksum)
+
+    def check_dataset(self, checksum: str) -> None:
+        self._call("check_dataset", checksum)
+
+
+def pick_node(nodes: list[dict], res: dict, *, exclude) -> dict | None:
+    """The first of ``nodes`` (``ray.nodes()`` entries) not in ``exclude`` (node ids) with the CPUs and
+    GPUs a task needing ``res`` asks for, or None.
+
+    >>> nodes = [{"NodeID": "a", "Resources": {"CPU": 8, "GPU": 1}}, {"NodeID": "b", "Resources": {"CPU": 8}}]
+    >>> pick_node(nodes, {"cpus": 1, "gpus": 0}, exclude={"a"})["NodeID"]
+    'b'
+    >>> pick_node(nodes, {"cpus": 1, "gpus": 1}, exclude={"a"}) is None
+    True
+    """
+    return next((n for n in nodes if n["NodeID"] not in exclude
+                 and infeasible(res, [n["Resources"]]) is None), None)
+
+
+class NodeError(RuntimeError):
+    """A task that failed because of the node it ran on: the node cannot run the model (``unavailable``),
+    lacks the dataset, or has other settings. The executor retries it on another node."""
+
+    def __init__(self, node_id: str, host: str, message: str, unavailable: bool = False):
+        super().__init__(node_id, host, message, unavailable)  # all in args, so Ray can pickle it
+        self.node_id, self.host, self.message, self.unavailable = node_id, host, message, unavailable
+
+    def __str__(self) -> str:
+        return f"on node {self.host} ({self.node_id[:8]}): {self.message}"
+
+    @classmethod
+    def every_node(cls, errors) -> "NodeError":
+        """One error for a task no node could run; ``unavailable`` when no node could run its model."""
+        errors = list(errors)
+        text = "; ".join(str(e) for e in errors)
+        return cls(errors[-1].node_id, errors[-1].host, f"no node could run it: {text}" if len(errors) > 1
+                   else errors[-1].message, all(e.unavailable for e in errors))
+
+
+def _this_node() -> tuple[str, str]:
+    import socket
+
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), socket.gethostname()
 
 
 def unwrap_error(exc: BaseException) -> tuple[BaseException, str]:

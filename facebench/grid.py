@@ -50,6 +50,8 @@ from the grid.
 """
 from __future__ import annotations
 
+import atexit
+import contextlib
 import difflib
 import hashlib
 import json
@@ -75,25 +77,37 @@ HEADLINE_ROLES = ("fr", "mllm", "control", "dataset")
 # The checkout's hand-written pages and configuration, copied into a book root of its own.
 BOOK_PAGES = ("intro", "protocol", "reproduce", "runs")
 BOOK_FILES = ("_config.yml", "references.bib")
+# A code cell with one of these tags already says how the book shows it.
+SHOWN_AS_TAGGED = {"parameters", "injected-parameters", "remove-cell", "remove-input", "remove-output",
+                   "hide-input", "hide-cell", "hide-output"}
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 
 
 def load_grid(path) -> dict:
     """Read and check a grid file; relative paths in it resolve against its ``base`` folder.
 
+    A relative ``path`` is relative to the checkout (:func:`facebench.paths.in_checkout`);
+    the command line makes its arguments absolute first.
+
     Raises ``ValueError`` naming the file and the key, model, setting or
     dataset that is wrong, before anything runs.
     """
-    from facebench.paths import DEFAULT_RESULTS_DIR
+    from facebench.paths import DEFAULT_RESULTS_DIR, in_checkout
 
-    path = Path(path)
-    doc = yaml.safe_load(path.read_text())
+    path = in_checkout(path)
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"{path}: a grid file is a mapping of {', '.join(GRID_KEYS)}")
     _refuse_unknown(doc, GRID_KEYS, f"{path}: unknown top-level key(s)")
     for key in ("notebook", "models", "datasets"):
         if key not in doc:
             raise ValueError(f"{path}: grid file lacks {key!r}")
+    for key in ("models", "datasets"):
+        if not isinstance(doc[key], list) or not doc[key]:
+            raise ValueError(f"{path}: {key} must be a list of at least one entry, got {doc[key]!r}")
     if doc.get("version", 1) != 1:
         raise ValueError(f"{path}: version {doc['version']!r} is not one this facebench reads (1)")
     doc["name"] = _plain(doc.get("name", path.stem), f"{path}: name")
@@ -266,10 +280,21 @@ def code_identity() -> dict:
     return {"version": facebench.__version__, "commit": git_state()["commit"], "source_sha256": h.hexdigest()}
 
 
-def render_key(template: Path, params: dict, data) -> str:
-    """The key a rendered page records: template bytes, parameters, code and what it read (``data``)."""
-    return canonical_hash({"template": file_sha256(template), "parameters": params,
-                           "code": code_identity(), "data": data})
+def render_key(template: Path, params: dict, data, *, base: Path, code: dict | None = None) -> str:
+    """The key a rendered page records: template bytes, parameters, code (:func:`code_identity`)
+    and what it read (``data``).
+
+    Paths under ``base`` (the grid's) count relative to it, so a moved checkout keeps its pages fresh.
+    """
+    def portable(value):
+        if isinstance(value, dict):
+            return {k: portable(v) for k, v in value.items()}
+        if isinstance(value, str) and Path(value).is_absolute() and Path(value).is_relative_to(base):
+            return Path(value).relative_to(base).as_posix()
+        return value
+
+    return canonical_hash({"template": file_sha256(template), "parameters": portable(params),
+                           "code": code or code_identity(), "data": data})
 
 
 class Renderer:
@@ -279,48 +304,69 @@ class Renderer:
     then matplotlib, seaborn and myst-nb's nbformat, whose jsonschema builds a
     grammar on import): most of a 140-page study's render time. Here each page
     still starts from an empty namespace (``%reset -f``) with every figure
-    closed, in ``cwd``; a kernel that died is started again.
+    closed, in ``cwd``. The kernel stays warm for the next grid run of this
+    process (a notebook session or a test run calls several); it is started
+    again when it died, when facebench's code changed since it started (its
+    imports would be stale), or after a render was interrupted, and shut down
+    when the process exits.
 
     Examples
     --------
-    ``with Renderer(cwd) as r: r.render(source, output, params)``
+    ``with Renderer(cwd, tmpdir) as r: r.render(source, output, params)``
     """
 
+    _warm: dict = {}  # the process's kernel: "km", "code" (source sha256 at start), "sockets" (its folder)
+
     def __init__(self, cwd: Path, tmpdir: Path):
-        self.cwd, self.tmpdir, self.km = Path(cwd), Path(tmpdir), None
+        self.cwd, self.tmpdir = Path(cwd), Path(tmpdir)
 
     def __enter__(self) -> "Renderer":
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self.km is not None:
-            from jupyter_core.utils import run_sync
+    def __exit__(self, kind, *_) -> None:
+        if kind is not None:  # interrupted or failed mid-page: the kernel may still be busy
+            self.shutdown()
 
-            run_sync(self.km.shutdown_kernel)(now=True)
-            self.km = None
+    @classmethod
+    def shutdown(cls) -> None:
+        import shutil
+
+        from jupyter_core.utils import run_sync
+
+        km, sockets = cls._warm.pop("km", None), cls._warm.pop("sockets", None)
+        if km is not None:
+            with contextlib.suppress(Exception):  # a kernel that is already gone
+                run_sync(km.shutdown_kernel)(now=True)
+        if sockets:
+            shutil.rmtree(sockets, ignore_errors=True)
 
     def _kernel(self):
         from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
-        if self.km is not None and not run_sync(self.km.is_alive)():
-            run_sync(self.km.cleanup_resources)()
-            self.km = None
-        if self.km is None:
-            self.km = AsyncKernelManager(kernel_name="python3")
-            run_sync(self.km.start_kernel)(cwd=str(self.cwd))
-        else:  # what the previous page left behind goes
-            kc = self.km.client()
-            kc.start_channels()
-            try:
-                run_sync(kc.wait_for_ready)(timeout=60)
-                run_sync(kc.execute_interactive)(
-                    "get_ipython().run_line_magic('reset', '-f')\n"
-                    "import matplotlib.pyplot\nmatplotlib.pyplot.close('all')\ndel matplotlib",
-                    silent=True, store_history=False, timeout=60)
-            finally:
-                kc.stop_channels()
-        return self.km
+        warm, code = self._warm, code_identity()["source_sha256"]
+        if warm.get("km") is not None and (warm["code"] != code or not run_sync(warm["km"].is_alive)()):
+            self.shutdown()
+        if warm.get("km") is None:
+            if not warm:
+                atexit.register(Renderer.shutdown)
+            # Unix sockets in a folder of our own: a TCP kernel warns that its traffic is unencrypted.
+            sockets = tempfile.mkdtemp(prefix="facebench-kernel-")
+            km = AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(Path(sockets) / "kernel"))
+            run_sync(km.start_kernel)(cwd=str(self.cwd))
+            warm.update(km=km, code=code, sockets=sockets)
+            return km
+        kc = warm["km"].client()  # what the previous page left behind goes
+        kc.start_channels()
+        try:
+            run_sync(kc.wait_for_ready)(timeout=60)
+            run_sync(kc.execute_interactive)(
+                f"get_ipython().run_line_magic('reset', '-f')\nimport os\nos.chdir({str(self.cwd)!r})\n"
+                "import matplotlib.pyplot\nmatplotlib.pyplot.close('all')\ndel os, matplotlib",
+                silent=True, store_history=False, timeout=60)
+        finally:
+            kc.stop_channels()
+        return warm["km"]
 
     def render(self, source: Path, output: Path, params: dict, *, key: str | None = None,
                title: str | None = None) -> None:
@@ -354,6 +400,9 @@ def _finish_page(path: Path, *, title: str | None, key: str | None) -> None:
         if heading is not None:
             heading.source = f"# {title}" + heading.source[heading.source.find("\n"):] \
                 if "\n" in heading.source else f"# {title}"
+    for cell in nb.cells:  # a code cell added in JupyterLab shows its output in the book, not its code
+        if cell.cell_type == "code" and not set(cell.metadata.get("tags", [])) & SHOWN_AS_TAGGED:
+            cell.metadata["tags"].append("hide-input")
     failed = bool(nb.metadata.get("papermill", {}).get("exception"))
     # A failed render records no key, so the next grid run renders it again.
     nb.metadata["facebench"] = {"status": "failed" if failed else "rendered", "key": None if failed else key}
@@ -462,7 +511,7 @@ def build_book(path, *, log=print) -> Path:
 
 
 def run_grid(path, *, force: bool = False, executor="local", address: str | None = None, shards: int | None = None,
-             log=print) -> dict:
+             only: list[str] | None = None, score: bool = True, log=print) -> dict:
     """Score every cell of the grid file at ``path``, render its pages, then its summaries and table of contents.
 
     Parameters
@@ -470,13 +519,19 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
     path : path
         The grid file (see the module docstring).
     force : bool
-        Render every page again, fresh or not (stored pairs are never scored twice).
+        Render every page (of the ``only`` cells) again, fresh or not; stored pairs are never scored twice.
     executor : str or executor
         ``"local"`` or ``"ray"`` (:mod:`facebench.executors`), or an executor object.
     address : str, optional
         The Ray cluster to use (``executor="ray"``); None starts a local one.
     shards : int, optional
         Split every cell into this many shards, whatever the grid file says.
+    only : list of str, optional
+        Cell names or globs (``dlib__*``): score and render just those cells;
+        the others keep their pages and recorded status. A name that matches no
+        cell is refused.
+    score : bool
+        False renders from what is stored, scoring nothing (``facebench render``).
     log : callable
         Receives one line per event.
 
@@ -497,13 +552,16 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
     if shards is not None:
         shards = check_shards(shards, "--shards")
         cells = [{**c, "shards": shards} for c in cells]
+    chosen = select_cells(cells, only, source=path)
     runner = make_executor(executor, address=address, temp_dir=runs_dir / ".ray") if isinstance(executor, str) \
         else executor
     status = {"grid": str(Path(path).resolve()), "study": grid["name"], "started": now(), "executor": runner.name,
               "cells": []}
+    recorded = recorded_status(runs_dir / STATUS_FILE)
     entries: list[dict] = [{"name": c["name"], "label": c["label"], "page": str(runs_dir / f"{c['name']}.ipynb"),
                             "parameters": c["parameters"], "status": None, "error": None, "seconds": 0.0}
-                           for c in cells]
+                           if i in chosen else recorded.get(c["name"], {"name": c["name"], "status": "not run"})
+                           for i, c in enumerate(cells)]
 
     def record(**extra) -> None:
         status["cells"] = [e for e in entries if e["status"]]
@@ -519,11 +577,17 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
         with runner.session():
             jobs = []
             for i, cell in enumerate(cells):
-                why = unavailable[cell["parameters"]["model"]] or runner.unavailable(cell["parameters"]["model"])
+                if i not in chosen:
+                    continue
+                here = unavailable[cell["parameters"]["model"]]
+                if here and runner.remote:  # its workers decide; a model may live on them only
+                    log(f"[{i + 1}/{len(cells)}] {cell['name']}: not available on this machine ({here}); "
+                        "the cluster's nodes decide")
+                why = runner.unavailable(cell["parameters"]["model"]) or (None if runner.remote else here)
                 if why and not _has_rows(cell):  # a run imported or scored elsewhere is shown all the same
                     log(f"[{i + 1}/{len(cells)}] {cell['name']}: not available: {why}")
                     entries[i].update(status="not available", error=why)
-                elif not why:
+                elif not why and score:
                     jobs.append(Job(i, f"[{i + 1}/{len(cells)}] {cell['name']}", cell["name"], cell["parameters"],
                                     cell["shards"]))
             try:
@@ -531,19 +595,25 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
             except KeyboardInterrupt:
                 for job in jobs:
                     entries[job.index].update(status="interrupted", seconds=round(time.perf_counter() - job.started, 2),
-                                              error="stopped by Ctrl-C; stored pairs are kept and a rerun resumes")
+                                              error="stopped (Ctrl-C or SIGTERM); stored pairs are kept and a rerun resumes")
                 record(interrupted=now())
                 raise
         for job in jobs:
             error, trace = outcomes.get(job.index) or (None, "")
             entries[job.index]["seconds"] = round(time.perf_counter() - job.started, 2)
-            if error is not None:
+            if getattr(error, "unavailable", False):  # no node of the cluster could run its model
+                entries[job.index].update(status="not available", error=str(error))
+                log(f"{job.label}: not available: {error}")
+            elif error is not None:
                 entries[job.index].update(status="failed", error=_short_error(error), trace=trace)
                 log(f"{job.label}: FAILED: {entries[job.index]['error']}")
         record()
 
         # 2. Render.
+        code = code_identity()
         for i, cell in enumerate(cells):
+            if i not in chosen:
+                continue
             entry, page = entries[i], runs_dir / f"{cell['name']}.ipynb"
             label = f"[{i + 1}/{len(cells)}] {cell['name']}"
             if entry["status"] == "not available":
@@ -557,7 +627,7 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
                 continue
             entry["status"] = _run_status(cell)
             params = page_parameters(cell)
-            key = render_key(grid["notebook"], params, _run_updated(cell))
+            key = render_key(grid["notebook"], params, _run_updated(cell), base=grid["base"], code=code)
             state = notebook_state(page)
             if not force and state and state["key"] == key:
                 log(f"{label}: page is fresh, skipped (--force renders it again)")
@@ -579,7 +649,8 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
                 for c, e in zip(cells, entries)]
         for s in grid["summaries"]:
             params = {"grid": str(Path(path).resolve())}
-            key = render_key(s["notebook"], params, {"grid": Path(path).read_text(), "cells": data})
+            key = render_key(s["notebook"], params, {"grid": Path(path).read_text(), "cells": data},
+                             base=grid["base"], code=code)
             state = notebook_state(s["output"])
             if not force and state and state["key"] == key:
                 log(f"summary {s['output'].name}: fresh, skipped")
@@ -592,6 +663,26 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
                 log(f"summary {s['output'].name}: FAILED: {_short_error(exc)}")
     record(finished=now())
     return status
+
+
+def select_cells(cells: list[dict], only: list[str] | None, *, source) -> set[int]:
+    """The indices of the cells whose names match one of the ``only`` patterns (all without ``only``)."""
+    import fnmatch
+
+    if not only:
+        return set(range(len(cells)))
+    names = [c["name"] for c in cells]
+    unmatched = [p for p in only if not fnmatch.filter(names, p)]
+    if unmatched:
+        from facebench.registry import suggest
+
+        raise ValueError(f"{source}: --only " + "; ".join(suggest(p, names, what="cell") for p in unmatched))
+    return {i for i, name in enumerate(names) if any(fnmatch.fnmatchcase(name, p) for p in only)}
+
+
+def recorded_status(path: Path) -> dict[str, dict]:
+    """The cells of a status file by name ({} when there is none)."""
+    return {c["name"]: c for c in json.loads(path.read_text())["cells"]} if path.exists() else {}
 
 
 def _run_store(cell: dict):

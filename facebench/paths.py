@@ -15,6 +15,18 @@ DEFAULT_RESULTS_DIR = PROJECT_ROOT / "results"
 DEFAULT_MODELS_DIR = DEFAULT_DATA_ROOT / "models"
 
 
+def in_checkout(path: str | os.PathLike) -> Path:
+    """``path`` as is when absolute, else relative to the checkout, never to the working directory:
+    a notebook's ``grid = "grids/demo.yaml"`` means the same file whether papermill runs it from
+    the checkout or JupyterLab from ``notebooks/``.
+
+    >>> in_checkout("grids/demo.yaml") == PROJECT_ROOT / "grids" / "demo.yaml"
+    True
+    """
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else PROJECT_ROOT / path
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The folder holding one sub-folder per dataset (``lfw/``, ``cfp_fp/``, …).
 

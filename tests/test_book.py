@@ -152,11 +152,39 @@ def test_notebooks_open_in_jupyterlab_as_paired_notebooks():
     assert config.default_formats(str(ROOT / "book" / "intro.md")) is None  # prose pages stay Markdown
     overrides = (ROOT / ".jupyter" / "lab-overrides.json").read_text()
     assert '"markdown": "Jupytext Notebook"' in overrides
-    makefile = (ROOT / "Makefile").read_text()
-    assert "$(BIN)/jupyter lab --notebook-dir=." in makefile and ".jupyter/lab-overrides.json" in makefile
+
+
+def test_make_lab_installs_the_overrides_and_opens_the_checkout(tmp_path):
+    """`make lab` run for real, with a stand-in `jupyter` that records where and how it was started."""
+    bin_dir, called, settings = tmp_path / "bin", tmp_path / "called", tmp_path / "settings"
+    bin_dir.mkdir()
+    (bin_dir / "jupyter").write_text(f'#!/bin/sh\npwd > "{called}"\necho "$@" >> "{called}"\n')
+    (bin_dir / "jupyter").chmod(0o755)
+    stamp = tmp_path / "installed"
+    stamp.touch()  # newer than requirements.txt: the install step has nothing to do
+    subprocess.run(["make", "-C", str(ROOT), "lab", f"BIN={bin_dir}", f"STAMP={stamp}", f"LAB_SETTINGS={settings}",
+                    "LAB_ARGS=--no-browser"], check=True, capture_output=True, text=True, timeout=60)
+    cwd, args = called.read_text().splitlines()
+    assert Path(cwd) == ROOT and args.split()[:2] == ["lab", "--notebook-dir=."] and args.endswith("--no-browser")
+    assert (settings / "overrides.json").read_text() == (ROOT / ".jupyter" / "lab-overrides.json").read_text()
 
 
 def test_ci_installs_chromium_when_missing():
     script = (ROOT / ".ci" / "run").read_text()
     assert "apt-get install -y -qq chromium" in script and "[ ! -x /usr/bin/chromium ]" in script
     assert script.index("chromium") < script.index("make test")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_a_save_from_jupyterlab_changes_nothing_the_user_did_not_change(path):
+    """What Lab adds on open and save (jupytext's version, cell metadata from editing) stays out of the file."""
+    from jupytext.config import load_jupytext_configuration_file
+
+    config = load_jupytext_configuration_file(str(ROOT / "jupytext.toml"))
+    nb = jupytext.read(path)
+    nb.metadata["jupytext"]["text_representation"]["jupytext_version"] = "1.19.6"
+    for cell in nb.cells:
+        cell.metadata.update({"editable": True, "deletable": True, "slideshow": {"slide_type": ""}})
+    saved = jupytext.writes(nb, fmt="md:myst", config=config)
+    assert saved == path.read_text()
+    assert any("parameters" in c.metadata.get("tags", []) for c in jupytext.reads(saved, fmt="md:myst").cells)

@@ -302,3 +302,102 @@ def test_no_command_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as info:
         main([])
     assert info.value.code == 2
+
+
+def test_reparse_reads_stored_answers_under_either_rule(tmp_path, capsys):
+    # A served model's answers imported as a run (no model here), cycling through six answers
+    # with their readings worked out by hand: (text, facebench@v2, vlmevalkit-yorn@v1, refusal).
+    answers = [("**Yes**", 1, -1, False), ("Likely yes.", -1, 1, False), ("No.", 0, 0, False),
+               ("Sorry, I can't help with identifying people.", -1, -1, True), ("Yes/No", -1, -1, False),
+               ("No, I can't help with identifying people.", -1, 0, True)]
+    same = load_demo().pairs["same"].to_numpy()
+    lines = [json.dumps({"pair_id": i, "score": 0.1 * i, "decision": answers[i % 6][1],
+                         "raw_output": {"answer": answers[i % 6][0]}}) for i in range(len(same))]
+    (tmp_path / "answers.jsonl").write_text("\n".join(lines) + "\n")
+    model = "api:m@http://127.0.0.1:9/v1"
+    common = ["--model", model, "--dataset", "demo", "--out", str(tmp_path / "results"), "--json"]
+    assert run_main(capsys, "import", str(tmp_path / "answers.jsonl"), *common)[0] == 0
+    for rule, col in ((None, 1), ("vlmevalkit-yorn", 2)):
+        rc, out, _ = run_main(capsys, "reparse", *common, *(["--rule", rule] if rule else []))
+        doc = last_json(out)
+        decisions = np.array([answers[i % 6][col] for i in range(len(same))])
+        valid = decisions >= 0
+        assert rc == 0 and doc["own_rule"] == "facebench@v2"
+        assert doc["rule"] == {None: "facebench@v2", "vlmevalkit-yorn": "vlmevalkit-yorn@v1"}[rule]
+        assert doc["n_changed"] == int(np.sum(decisions != [answers[i % 6][1] for i in range(len(same))]))
+        assert doc["acquire_rate"] == pytest.approx(valid.mean())
+        assert doc["hard_accuracy"] == pytest.approx(np.mean(decisions[valid] == same[valid]))
+        refused = [answers[i % 6][3] and answers[i % 6][col] == -1 for i in range(len(same))]
+        assert doc["n_refusals"] == sum(refused) and "nothing scored or stored" in out
+    assert doc["n_changed"] == 27 and doc["n_refusals"] == 9  # three answers of six read otherwise; one refusal
+    rc, _, err = run_main(capsys, "reparse", *common, "--rule", "vlmevalkit-yorn", "--set", "prompt=fr-ouinon")
+    assert rc == 2 and "no stored pairs" in err
+
+
+# ------------------------------------------------------------------ broken files and bad options: one line, no traceback
+
+
+def unmerged_run(out):
+    """A run of dlib on the demo set whose one shard is stored and not merged yet (``facebench merge`` folds it)."""
+    from facebench.datasets import load_dataset
+    from facebench.scoring import run_store
+
+    store, ds = run_store("dlib", "demo", out=out), load_dataset("demo")
+    rows = [{"pair_id": int(p), "score": float(s), "seconds": 0.0} for p, s in zip(ds.pairs["pair_id"], ds.pairs["same"])]
+    store.shard(0, 1).write(rows, ds.checksum)
+    return store
+
+
+def one_line_error(rc, err, *names):
+    assert rc == 2 and err.startswith("facebench: error: ") and err.count("\n") == 1, err
+    assert all(str(name) in err for name in names), err
+
+
+@pytest.mark.parametrize("file, content", [("pairs.sqlite", b"garbage" * 200), ("manifest.json", b"[1, 2]"),
+                                           ("manifest.json", b"{not json")])
+def test_a_broken_results_file_is_one_line_naming_it(tmp_path, capsys, file, content):
+    store = unmerged_run(tmp_path)
+    (store.dir / file).write_bytes(content)
+    one_line_error(*run_main(capsys, "merge", "--model", "dlib", "--dataset", "demo", "--out", str(tmp_path))[::2],
+                   store.dir / file)
+
+
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(path, doc):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    store = unmerged_run(tmp_path)
+    monkeypatch.setattr("facebench.store.write_json_atomic", full)
+    one_line_error(*run_main(capsys, "merge", "--model", "dlib", "--dataset", "demo", "--out", str(tmp_path))[::2],
+                   store.manifest_path, "No space left on device")
+
+
+@pytest.mark.parametrize("setting, message", [("prompt=[unclosed", "the value is not valid YAML"),
+                                              ("threshold=.nan", "a setting must be a finite number"),
+                                              ("threshold=-.inf", "a setting must be a finite number")])
+def test_a_bad_setting_names_the_option(tmp_path, capsys, setting, message):
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", "--model", "dlib", "--dataset", "demo", "--out", str(tmp_path), "--set", setting])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"argument --set: {setting!r}: {message}" in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("text, message", [("models: [dlib\n", "not valid YAML"), ("", "a grid file is a mapping"),
+                                           ("~\n", "a grid file is a mapping"),
+                                           ("notebook: n.md\nmodels: []\ndatasets: [demo]\n", "models must be a list"),
+                                           ("notebook: n.md\nmodels: [dlib]\ndatasets:\n", "datasets must be a list")])
+def test_a_broken_grid_file_is_one_line_naming_it(tmp_path, capsys, text, message):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(text)
+    rc, _, err = run_main(capsys, "grid", str(grid))
+    one_line_error(rc, err, grid, message)
+
+
+def test_a_lock_file_of_the_wrong_shape_is_one_line_naming_it(tmp_path, capsys):
+    (tmp_path / "facebench.lock.json").write_text("[1, 2]")
+    for argv in (["data", "check", "demo"], ["evaluate", "--model", "dlib", "--dataset", "demo", "--out",
+                                              str(tmp_path / "out")]):
+        one_line_error(*run_main(capsys, *argv, "--root", str(tmp_path))[::2], tmp_path / "facebench.lock.json",
+                       "not a facebench lock file")

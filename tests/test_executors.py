@@ -153,7 +153,8 @@ def test_cli_grid_hands_executor_address_and_shards_to_run_grid(monkeypatch, cap
     calls = []
     monkeypatch.setattr("facebench.grid.run_grid", lambda grid, **kw: calls.append((grid, kw)) or {"cells": []})
     assert cli.main(["grid", "g.yaml", "--executor", "ray", "--address", "head:6379", "--shards", "4"]) == 0
-    assert calls == [("g.yaml", {"force": False, "executor": "ray", "address": "head:6379", "shards": 4})]
+    assert calls == [(Path("g.yaml").absolute(), {"force": False, "executor": "ray", "address": "head:6379",
+                                                  "shards": 4, "only": None, "score": True})]
     assert cli.main(["grid", "g.yaml", "--address", "head:6379"]) == 2
     assert "--address head:6379 needs --executor ray" in capsys.readouterr().err
     assert cli.main(["grid", "g.yaml", "--shards", "2"]) == 2
@@ -312,3 +313,17 @@ def test_ctrl_c_cancels_the_running_tasks_and_records_the_status(ray_cluster, tm
     assert ray_cluster.available_resources().get("CPU", 0) == 2
     assert not list(markers.glob("finished-*"))
     assert ray_cluster.is_initialized()  # a session the grid did not start, it leaves open
+
+
+def test_availability_is_decided_on_the_node_that_would_run_the_task(ray_cluster, tmp_path):
+    """The driver only warns; a node that cannot run the model says so, named, and with no other node
+    to try, the cell is not available (a node-bound error is never retried on the same node)."""
+    import socket
+
+    lines = []
+    status = run_grid(ray_project(tmp_path, models=["arcface-r50"]), executor=executor(), log=lines.append)
+    assert any("not available on this machine" in line and "nodes decide" in line for line in lines)
+    cell = status["cells"][0]
+    assert cell["status"] == "not available"
+    assert f"on node {socket.gethostname()}" in cell["error"] and "w600k_r50.onnx" in cell["error"]
+    assert not any("retrying" in line for line in lines)

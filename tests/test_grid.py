@@ -3,7 +3,7 @@ import json
 import nbformat
 import pytest
 
-from facebench.grid import STATUS_FILE, load_grid, notebook_state, run_grid, toc
+from facebench.grid import STATUS_FILE, Renderer, load_grid, notebook_state, run_grid, toc
 from facebench.models import ModelSpec
 from facebench.report import collect, main_table
 
@@ -97,23 +97,22 @@ def test_fresh_pages_are_skipped_and_nothing_is_scored_again(demo_project, monke
     assert notebook.stat().st_mtime_ns == before
 
 
-def test_a_changed_run_or_template_renders_the_page_again(tmp_path):
+def test_a_changed_run_or_template_renders_the_page_again(tmp_path, monkeypatch):
     project = copy_book_sources(tmp_path)
     grid = write_grid(project / "grids" / "g.yaml", parameters={"limit": 6}, summaries=[])
     run_grid(grid, **QUIET)
     page = project / "book" / "runs" / "dlib__demo.ipynb"
     key = notebook_state(page)["key"]
 
-    lines = []
-    run_grid(grid, log=lines.append)
-    assert any("page is fresh" in line for line in lines) and notebook_state(page)["key"] == key
-
     template = project / "notebooks" / "evaluate.md"
-    template.write_text(template.read_text() + "\nA sentence added to the template.\n")
-    lines.clear()
+    template.write_text(template.read_text() + "\nA sentence added to the template.\n\n"
+                        "```{code-cell} ipython3\nprint('a cell added in JupyterLab')\n```\n")
+    lines = []
     run_grid(grid, log=lines.append)
     assert any("dlib__demo: rendering" in line for line in lines)
     assert "A sentence added to the template." in page.read_text() and notebook_state(page)["key"] != key
+    added = nbformat.read(page, as_version=4).cells[-1]
+    assert added.outputs[0]["text"] == "a cell added in JupyterLab\n" and added.metadata.tags == ["hide-input"]
 
     # The run changes (here: more pairs, as a later `facebench evaluate` stores them).
     key = notebook_state(page)["key"]
@@ -121,6 +120,17 @@ def test_a_changed_run_or_template_renders_the_page_again(tmp_path):
     lines.clear()
     run_grid(grid, log=lines.append)
     assert any("dlib__demo: rendering" in line for line in lines) and notebook_state(page)["key"] != key
+
+    # Nothing changes, but force=True (`facebench grid --force`) renders the fresh page again, with its
+    # own key, and scores nothing. (Rendering is recorded, not run: the page was just rendered for real.)
+    rendered = []
+    monkeypatch.setattr(ModelSpec, "load", lambda self: pytest.fail(f"{self.spec} was loaded"))
+    monkeypatch.setattr(Renderer, "render", lambda self, source, output, params, **kw: rendered.append((output, kw)))
+    lines.clear()
+    run_grid(grid, log=lines.append)
+    assert any("dlib__demo: page is fresh, skipped" in line for line in lines) and not rendered
+    run_grid(grid, force=True, log=lines.append)
+    assert rendered == [(page, {"key": notebook_state(page)["key"], "title": rendered[0][1]["title"]})]
 
 
 def test_a_cell_whose_scoring_fails_gets_a_failed_page_and_the_others_still_run(tmp_path):
@@ -140,7 +150,7 @@ def test_a_cell_whose_scoring_fails_gets_a_failed_page_and_the_others_still_run(
     assert results.loc["dlib__lfw", "status"] == "failed"
     assert results.loc["dlib__demo", "n_pairs"] == 6
     table = main_table(results.reset_index())
-    assert table.loc["dlib", "lfw"] == "failed"
+    assert table.loc[("dlib", "k-fold accuracy"), "lfw"] == "failed"
 
 
 def test_model_this_machine_cannot_run_is_recorded_as_not_available(tmp_path, monkeypatch):
@@ -179,3 +189,79 @@ def test_the_toc_lists_every_page_grouped_by_dataset_in_grid_order(tmp_path):
     positions = [text.index(f"file: {entry}") for entry in order]
     assert positions == sorted(positions)
     assert "glob" not in text
+
+
+def test_only_some_cells_are_scored_and_rendered_by_name_or_glob(tmp_path, monkeypatch, capsys):
+    from facebench import cli
+
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "g.yaml", parameters={"limit": 6}, summaries=[],
+                      models=["dlib", {"model": "dlib", "label": "dlib-up0", "parameters": {"settings": {"upsample": 0}}}])
+    run_grid(grid, only=["dlib-*"], **QUIET)
+    runs = project / "book" / "runs"
+    assert (runs / "dlib-up0__demo.ipynb").exists() and not (runs / "dlib__demo.ipynb").exists()
+    run_grid(grid, **QUIET)
+    pages = {p: p.stat().st_mtime_ns for p in runs.glob("*__demo.ipynb")}
+    # One page again from its stored run: no model, the other page untouched, the status of both kept.
+    monkeypatch.setattr(ModelSpec, "load", lambda self: pytest.fail(f"{self.spec} was loaded"))
+    assert cli.main(["render", str(grid), "dlib__demo"]) == 0
+    assert "2 cells: 2 complete" in capsys.readouterr().out
+    assert (runs / "dlib__demo.ipynb").stat().st_mtime_ns != pages[runs / "dlib__demo.ipynb"]
+    assert (runs / "dlib-up0__demo.ipynb").stat().st_mtime_ns == pages[runs / "dlib-up0__demo.ipynb"]
+    assert nbformat.read(runs / "dlib__demo.ipynb", as_version=4).cells[0].source.startswith("# dlib on demo")
+    assert cli.main(["render", str(grid), "dlbi__demo"]) == 2
+    assert "unknown cell 'dlbi__demo'. Did you mean 'dlib__demo'" in capsys.readouterr().err
+
+
+def test_a_moved_checkout_keeps_its_pages_fresh(demo_project, tmp_path):
+    import shutil
+
+    project, _ = demo_project
+    run_grid(project / "grids" / "demo.yaml", **QUIET)  # fresh as of this code
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(project, moved, ignore=shutil.ignore_patterns("_build"))
+    lines = []
+    run_grid(moved / "grids" / "demo.yaml", log=lines.append)
+    assert not [line for line in lines if "rendering" in line]
+
+
+def test_every_notebook_runs_from_the_notebooks_folder_as_jupyterlab_starts_it(tmp_path):
+    """Lab starts a notebook's kernel in its folder: the templates' default paths must not depend on it."""
+    import jupytext
+
+    from facebench.grid import Renderer
+
+    with Renderer(ROOT / "notebooks", tmp_path) as renderer:
+        for source in sorted((ROOT / "notebooks").glob("*.md")):
+            defaults = {}  # the parameters cell as written, run as is
+            renderer.render(source, tmp_path / f"{source.stem}.ipynb", defaults)
+            nb = jupytext.read(tmp_path / f"{source.stem}.ipynb")
+            assert not [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not list((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_sigterm_is_recorded_like_ctrl_c_and_a_failed_cell_fails_the_command(tmp_path):
+    """`timeout` or SLURM's scancel: exit 143, the unfinished cell marked interrupted, and a rerun resumes."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import BIN
+
+    project = copy_book_sources(tmp_path)
+    # A server that never answers: each pair waits through its retries, long enough to be stopped.
+    grid = write_grid(project / "grids" / "g.yaml", summaries=[], parameters={"limit": 4},
+                      models=[{"model": "api:m@http://127.0.0.1:9/v1", "label": "stuck"}])
+    proc = subprocess.Popen([str(BIN / "facebench"), "grid", str(grid)], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while "scoring" not in proc.stdout.readline() and time.monotonic() < deadline:
+        pass
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    recorded = json.loads((project / "book" / "runs" / STATUS_FILE).read_text())
+    assert recorded["cells"][0]["status"] == "interrupted" and "interrupted" in recorded
+    failing = write_grid(project / "grids" / "f.yaml", summaries=[], parameters={"limit": 4},
+                         datasets=[{"dataset": "lfw", "parameters": {"root": str(tmp_path / "nowhere")}}])
+    assert subprocess.run([str(BIN / "facebench"), "grid", str(failing)], capture_output=True).returncode == 1
+    assert subprocess.run([str(BIN / "facebench"), "grid", str(failing), "--allow-failures"],
+                          capture_output=True).returncode == 0
