@@ -260,8 +260,9 @@ def test_sigterm_is_recorded_like_ctrl_c_and_a_failed_cell_fails_the_command(tmp
     assert proc.wait(timeout=60) == 143
     recorded = json.loads((project / "book" / "runs" / STATUS_FILE).read_text())
     assert recorded["cells"][0]["status"] == "interrupted" and "interrupted" in recorded
+    from facebench import cli
+
     failing = write_grid(project / "grids" / "f.yaml", summaries=[], parameters={"limit": 4},
                          datasets=[{"dataset": "lfw", "parameters": {"root": str(tmp_path / "nowhere")}}])
-    assert subprocess.run([str(BIN / "facebench"), "grid", str(failing)], capture_output=True).returncode == 1
-    assert subprocess.run([str(BIN / "facebench"), "grid", str(failing), "--allow-failures"],
-                          capture_output=True).returncode == 0
+    assert cli.main(["grid", str(failing)]) == 1
+    assert cli.main(["grid", str(failing), "--allow-failures"]) == 0

@@ -89,6 +89,11 @@ def answer_token_ids(tokenizer, words) -> list[int]:
     return sorted(single or first)
 
 
+# The weights loaded last, kept for the next verifier that asks for the same ones: a grid's
+# variants of one model (another prompt, both orders, another image size) run one after
+# another and load it once. One model at a time, so memory holds no more than before.
+_LAST_LOADED: dict[tuple, tuple] = {}
+
 @BACKENDS.register("hf")
 class HFVisionLanguage(PairVerifier):
     """Any ``AutoModelForImageTextToText`` chat model, from the hub or a local folder.
@@ -202,6 +207,11 @@ class HFVisionLanguage(PairVerifier):
         why = self.unavailable({"model": self.model_name, "revision": self.revision})
         if why:
             raise ModelLoadError(why)
+        key = (self.source, self.revision, str(self.torch_dtype), self.attn_implementation, self.trust_remote_code,
+               json.dumps(self.processor_kwargs, sort_keys=True, default=str), str(self.device))
+        if key in _LAST_LOADED:
+            return _LAST_LOADED[key]
+        _LAST_LOADED.clear()  # the previous model's memory goes before the next one loads
         common = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
         try:
             processor = AutoProcessor.from_pretrained(self.source, **common, **self.processor_kwargs)
@@ -218,6 +228,7 @@ class HFVisionLanguage(PairVerifier):
             processor.padding_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        _LAST_LOADED[key] = processor, model
         return processor, model
 
     @cached_property
