@@ -111,10 +111,11 @@ def lfw_key(folder: str, name: str, n: int) -> str:
 
 
 def make_lfw(folder: Path, n_sets: int = 10, per_kind: int = 2, *, images: str = "lfw",
-             write_images: bool = True) -> list[tuple]:
-    """``pairs.txt`` (header ``<sets>\\t<per kind>``) and the JPEGs it names under ``images/``."""
+             write_images: bool = True, names: tuple[str, ...] | None = None) -> list[tuple]:
+    """``pairs.txt`` (header ``<sets>\\t<per kind>``) and the JPEGs it names under ``images/``;
+    ``names`` (default: four) are the people of :func:`lfw_pairs`."""
     folder.mkdir(parents=True, exist_ok=True)
-    sets = lfw_pairs(n_sets, per_kind)
+    sets = lfw_pairs(n_sets, per_kind, **({"names": names} if names else {}))
     lines = [f"{n_sets}\t{per_kind}"] + [lfw_line(p) for pairs in sets for p in pairs]
     (folder / "pairs.txt").write_text("\n".join(lines) + "\n")
     rows = []
@@ -138,21 +139,22 @@ def rfw_landmarks(ident: str, n: int) -> np.ndarray:
     return base + n + (sum(map(ord, ident)) % 7) / 4
 
 
-def make_rfw(folder: Path, per_race: int = 20, *, landmarks: bool = True) -> list[tuple]:
+def make_rfw(folder: Path, per_race: int = 20, *, landmarks: bool = True, n_ids: int = 3) -> list[tuple]:
     """``txts/<Race>/<Race>_pairs.txt`` (LFW lines, no header), ``txts/<Race>/<Race>_lmk.txt`` and
-    ``data/<Race>/<id>/<id>_<nnnn>.jpg``; per race, each tenth is half matched, half mismatched."""
+    ``data/<Race>/<id>/<id>_<nnnn>.jpg`` (``n_ids`` people of two images per race); per race, each
+    tenth is half matched, half mismatched."""
     rows = []
     for race in RACES:
-        ids = [f"m.0{race[:2].lower()}{k}x" for k in range(3)]
+        ids = [f"m.0{race[:2].lower()}{k}x" for k in range(n_ids)]
         lines, race_rows = [], []
         block = per_race // 10
         for i in range(per_race):
             fold = i * 10 // per_race
             if i % block < block // 2:
-                p = (ids[i % 3], 1, 2)
+                p = (ids[i % n_ids], 1, 2)
                 a, b = (p[0], 1), (p[0], 2)
             else:
-                p = (ids[i % 3], 1, ids[(i + 1) % 3], 2)
+                p = (ids[i % n_ids], 1, ids[(i + 1) % n_ids], 2)
                 a, b = (p[0], 1), (p[2], 2)
             lines.append(lfw_line(p))
             race_rows.append((fold, lfw_key(f"data/{race}", *a), lfw_key(f"data/{race}", *b), len(p) == 3, race))
@@ -160,11 +162,11 @@ def make_rfw(folder: Path, per_race: int = 20, *, landmarks: bool = True) -> lis
         txts.mkdir(parents=True, exist_ok=True)
         (txts / f"{race}_pairs.txt").write_text("\n".join(lines) + "\n")
         lmk = []
-        for ident in ids:
+        for index, ident in enumerate(ids):
             for n in (1, 2):
                 write_image(folder / lfw_key(f"data/{race}", ident, n), seed=seed_of((race, ident, n)))
                 xy = rfw_landmarks(ident, n).ravel()
-                lmk.append("\t".join([f"./{race}/{ident}/{ident}_{n:04d}.jpg", str(ids.index(ident))]
+                lmk.append("\t".join([f"./{race}/{ident}/{ident}_{n:04d}.jpg", str(index)]
                                      + [f"{v:.2f}" for v in xy]))
         if landmarks:
             (txts / f"{race}_lmk.txt").write_text("\n".join(lmk) + "\n")
@@ -235,21 +237,25 @@ def pts_text(points: np.ndarray) -> str:
     return "version: 1\nn_points:  68\n{\n" + "".join(f"{x:.3f} {y:.3f}\n" for x, y in points) + "}\n"
 
 
-def make_agedb(folder: Path, *, n_folds: int = 10, per_kind: int = 2, pts: bool = True) -> list[tuple]:
+def make_agedb(folder: Path, *, n_folds: int = 10, per_kind: int = 2, pts: bool = True,
+               n_people: int | None = None) -> list[tuple]:
     """``04_FINAL_protocol_30_years.mat`` (``splits``: per fold a struct of a 2×N cell of image
-    structs and N labels ±1, as read by insightface's agedb2pack2.py) and ``03_Protocol_Images/``."""
+    structs and N labels ±1, as read by insightface's agedb2pack2.py) and ``03_Protocol_Images/``;
+    ``n_people`` (default: four named ones) people of two images each."""
     from scipy.io import savemat
 
-    people = ["MariaCallas", "AlbertEinstein", "BetteDavis", "CaryGrant"]
+    people = [f"Person{k:04d}" for k in range(n_people)] if n_people else \
+        ["MariaCallas", "AlbertEinstein", "BetteDavis", "CaryGrant"]
+    number, n_p = {person: k for k, person in enumerate(people)}, len(people)
     splits = np.empty((n_folds, 1), dtype=object)
     rows = []
     for k in range(n_folds):
-        pairs = [((people[(k + i) % 4], 0), (people[(k + i) % 4], 1), 1) for i in range(per_kind)]
-        pairs += [((people[(k + i) % 4], 0), (people[(k + i + 1) % 4], 1), -1) for i in range(per_kind)]
+        pairs = [((people[(k + i) % n_p], 0), (people[(k + i) % n_p], 1), 1) for i in range(per_kind)]
+        pairs += [((people[(k + i) % n_p], 0), (people[(k + i + 1) % n_p], 1), -1) for i in range(per_kind)]
         cell = np.empty((2, len(pairs)), dtype=object)
         for j, (a, b, _) in enumerate(pairs):
             for r, (person, n) in enumerate((a, b)):
-                name = f"{people.index(person)}{n}_{person}_{30 + 40 * n}_m"
+                name = f"{number[person]}{n}_{person}_{30 + 40 * n}_m"
                 cell[r, j] = {"name": name, "age": float(30 + 40 * n)}
         labels = np.array([[lab for _, _, lab in pairs]], dtype=float)
         splits[k, 0] = {"pairs": cell, "labels": labels}
