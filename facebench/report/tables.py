@@ -20,7 +20,7 @@ from facebench.metrics import (MIN_FALSE_ACCEPTS, binomial_ci, bootstrap_ci, fal
                                holm_adjust, identity_clusters, kfold_accuracy, kfold_decisions, mcnemar_test,
                                tar_at_far)
 from facebench.report.collecting import _complete, _not_run, _scored
-from facebench.report.run_page import glue_metrics, unresolved_text
+from facebench.report.run_page import unresolved_text
 from facebench.scoring import Run
 
 TABLE_FARS = (1e-1, 1e-2, 1e-3)
@@ -196,15 +196,18 @@ def status_table(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def glue_results(results: pd.DataFrame, grid) -> None:
-    """Glue each complete cell's numbers as ``<cell>__<metric>``, the introduction's
-    ``headline`` (:func:`~facebench.report.headline`) and the dataset, model and
-    prompt tables, for the book's prose."""
+    """Glue the introduction's ``headline`` (:func:`~facebench.report.headline`) and the
+    dataset, model and prompt tables, for the book's prose.
+
+    A cell's own numbers are glued on its run page (``runs/<cell>.ipynb::<metric>``):
+    gluing every cell's here sent thousands of outputs through one cell, more than the
+    kernel's output channel queues, and at the full study's size the last ones, these
+    among them, were dropped.
+    """
     from myst_nb import glue
 
     from facebench.report.collecting import headline
 
-    for r in results[results["status"] == "complete"].to_dict("records"):
-        glue_metrics({k: v for k, v in r.items() if k not in ("groups", "run")}, prefix=f"{r['cell']}__")
     glue("headline", headline(results, grid), display=False)
     glue("dataset_table", dataset_table(results), display=False)
     glue("models_table", models_table(results), display=False)
