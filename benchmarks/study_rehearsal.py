@@ -9,13 +9,14 @@ What it rehearses, in a temp folder (or ``--keep DIR``):
 1. **fixtures**: every dataset of grids/full.yaml in a published on-disk layout
    (``tests/layout_fixtures.py``) at full size: LFW, CALFW and CPLFW 6,000 pairs,
    CFP-FF and CFP-FP 7,000, AgeDB-30 6,000, RFW 4 × 6,000. Images are small
-   noise JPEGs, reused across pairs: nothing is scored, only the pair lists
-   and the image count matter.
+   noise JPEGs, reused across pairs: nothing is scored, so what matters is the
+   pair lists, the number of images and the number of people (the identity
+   bootstrap resamples them); all three are printed.
 2. **import**: for every cell of a grid like grids/full.yaml (same models,
    datasets, labelled analyses on LFW and summaries; its own book and results
    folder), synthetic per-pair results (seeded; score ~ N(gap · label, 1) with a
    gap per model; MLLM cells also get decisions, a few invalid answers and
-   missing scores, and answer texts) stored with
+   missing scores, and answer texts, three distinct ones) stored with
    :func:`facebench.importing.import_results`, as results made on a cluster would be.
 3. **score / render / summaries**: :func:`facebench.grid.run_grid` (no model is
    loaded: cells with stored rows are shown even where their model is "not
@@ -23,10 +24,14 @@ What it rehearses, in a temp folder (or ``--keep DIR``):
    :func:`facebench.grid.write_book`, which opens the summaries phase.
 4. **book**: :func:`facebench.grid.build_book` (``jupyter-book build -n -W --keep-going``).
 
-Peak memory: a thread samples, every 0.2 s, the summed RSS of this process and
-all its descendants (the papermill kernel, jupyter-book and its workers), per
-phase; ``ru_maxrss`` of this process and of its waited-for children (the largest
-single process) is reported beside it.
+Each phase is reported in wall seconds and in CPU seconds (this process, its
+children and theirs): on a machine that runs other work meanwhile (the load
+average is printed) the CPU seconds are the steadier figure. Peak memory: a
+thread samples, every 0.2 s, the summed RSS of this process and all its
+descendants (the papermill kernel, jupyter-book and its workers), per phase;
+``ru_maxrss`` of this process and of its waited-for children (the largest
+single one; a child forked from this process starts with its RSS) is reported
+beside it.
 
 Targets (printed with PASS/FAIL): render + summaries + book ≤ 15 minutes on a
 2-core machine, peak RSS (sampled sum) ≤ 4 GB. The table goes to stdout, the
@@ -68,8 +73,8 @@ def build_fixtures(root: Path, scale: float = 1.0) -> dict[str, int]:
 
     ``scale`` shrinks every pair list (1.0: the published sizes), keeping 10
     folds with both classes in each. People matter as well as pairs (the
-    identity bootstrap resamples them), so each set has hundreds of them (AgeDB-30
-    568 as published, RFW 3,000 per race), not the handful the small fixtures use.
+    identity bootstrap resamples them), so each set has hundreds to thousands
+    of them (see :func:`people`), not the handful the tests' fixtures use.
     """
     def n(full: int, least: int = 1) -> int:
         return max(least, round(full * scale))
@@ -325,10 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                                "pass": rss["sampled_sum_mb"] <= TARGET_RSS_MB}}
     result = {"benchmark": "study_rehearsal", "scale": args.scale, "models": len({c["label"] for c in grid["cells"]}),
               "cells": len(grid["cells"]), "pairs": pairs, "pairs_per_dataset": sizes, "fixtures": census,
-              "pages": pages,
-              "phases": seconds, "cpu_seconds": phases.cpu, "summary_seconds": summary_seconds, "peak_rss": rss,
-              "targets": targets, "failed_cells": failed, "failed_summaries": status.get("failed_summaries", {}),
-              "book_error": status.get("book_error"), "machine": machine(), "folder": str(folder) if args.keep else None}
+              "pages": pages, "phases": seconds, "cpu_seconds": phases.cpu, "summary_seconds": summary_seconds,
+              "peak_rss": rss, "targets": targets, "failed_cells": failed,
+              "failed_summaries": status.get("failed_summaries", {}), "book_error": status.get("book_error"),
+              "machine": machine(), "folder": str(folder) if args.keep else None}
 
     m = result["machine"]
     print(f"Study rehearsal: {result['models']} models, {result['cells']} cells, {pairs:,} pairs")
@@ -339,14 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             "import": f"{result['cells']} cells of synthetic results imported",
             "score": "run_grid, score phase (stored runs, nothing to score)",
             "render": f"{pages['run_pages']} run pages (papermill, one kernel)",
-            "summaries": f"{pages['summaries']} summaries: " + ", ".join(f"{k} {v} s" for k, v in summary_seconds.items()),
+            "summaries": f"{pages['summaries']} summaries: "
+                         + ", ".join(f"{k} {v} s" for k, v in summary_seconds.items()),
             "book": f"jupyter-book build -n -W: {pages['html_pages']} HTML pages"}
     for ph in PHASES:
         print(f"{ph:<11}{seconds[ph]:>9.1f}{phases.cpu[ph]:>9.1f}  {peak.get(ph, 0):>13,}  {what[ph]}")
     for name, t in targets.items():
         print(f"target {name}: {t['value']:,} <= {t['target']:,}: {'PASS' if t['pass'] else 'FAIL'}")
     print(f"peak RSS: sampled sum of the process tree every 0.2 s; ru_maxrss self {rss['ru_maxrss_self_mb']:,} MB, "
-          f"largest child {rss['ru_maxrss_children_mb']:,} MB")
+          f"largest reaped child {rss['ru_maxrss_children_mb']:,} MB (a forked child starts at this process's size)")
     print(f"machine: {m['cores']} cores, {m['ram_gb']} GB RAM, {m['cpu']}, Python {m['python']}; load average "
           f"{m['load_average']} at the end (above the cores: other work competed for them, and CPU s < seconds)")
     problems = failed or result["failed_summaries"] or result["book_error"]
