@@ -377,10 +377,17 @@ class Renderer:
         notebook = notebook_from_source(source, self.tmpdir)
         check_parameters(notebook, params, source=source)
         output.parent.mkdir(parents=True, exist_ok=True)
+        km = self._kernel()
+        clients = []  # nbclient leaves the channels of a client it made for our kernel open: each one
+        make = km.client  # would buffer every later page's output (5-12 MB a page at the study's size)
+        km.client = lambda *a, **k: clients.append(make(*a, **k)) or clients[-1]
         try:
             papermill.execute_notebook(str(notebook), str(output), parameters=params, cwd=str(self.cwd),
-                                       km=self._kernel(), kernel_name="python3", progress_bar=False)
+                                       km=km, kernel_name="python3", progress_bar=False)
         finally:
+            del km.client
+            for kc in clients:
+                kc.stop_channels()
             _finish_page(output, title=title, key=key)
 
 
