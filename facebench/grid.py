@@ -710,9 +710,10 @@ def _run_updated(cell: dict) -> str | None:
 
 def _run_status(cell: dict) -> str:
     """"complete" when the run holds every pair of the cell (the dataset's, or its ``limit``), else "partial"."""
-    manifest = _run_store(cell).read_manifest()
+    store = _run_store(cell)
+    manifest = store.read_manifest()
     wanted = cell["parameters"].get("limit") or manifest.get("dataset_pairs")
-    done = len(_run_store(cell).done_ids())
+    done = len(store.done_ids())
     return "complete" if wanted and done >= min(wanted, manifest.get("dataset_pairs") or wanted) else "partial"
 
 
