@@ -414,6 +414,7 @@ def test_a_run_page_on_an_unscored_run_says_0_of_n(tmp_path, demo):
     assert m == {"n_scored": 0, "n_total": 54}
     assert report.metrics_table(m).loc["Pairs scored", "Value"] == "0 of 54"
     assert report.roc_figure([run]) is None and report.score_distribution_figure(run) is None
+    assert report.notes(m).data == "- **nothing scored yet**: no metric, no figure"
     assert not (tmp_path / "dlib").exists()  # opening a run writes nothing
 
 

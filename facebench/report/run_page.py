@@ -109,6 +109,8 @@ def notes(m: dict):
     """The metric caveats of a run (unresolved FAR, invalid outputs, why a figure is missing) as Markdown."""
     from IPython.display import Markdown
 
+    if not m.get("n_scored", True):
+        return Markdown("- **nothing scored yet**: no metric, no figure")
     lines = [f"- {f}" for f in m["flags"]] or ["- no caveats"]
     if m.get("n_scored") and not m.get("n_with_score"):
         lines.insert(0, f"- **no ROC curve and no score distribution**: none of the {m['n_scored']} stored pairs "
