@@ -359,9 +359,10 @@ class Renderer:
         kc = warm["km"].client()  # what the previous page left behind goes
         kc.start_channels()
         try:
-            run_sync(kc.wait_for_ready)(timeout=60)
+            # No wait_for_ready: the shell channel queues the request until it connects. reset() rather
+            # than %reset -f, which collects garbage twice (a quarter of a second each with torch loaded).
             run_sync(kc.execute_interactive)(
-                f"get_ipython().run_line_magic('reset', '-f')\nimport os\nos.chdir({str(self.cwd)!r})\n"
+                f"get_ipython().reset(new_session=False)\nimport os\nos.chdir({str(self.cwd)!r})\n"
                 "import matplotlib.pyplot\nmatplotlib.pyplot.close('all')\ndel os, matplotlib",
                 silent=True, store_history=False, timeout=60)
         finally:
@@ -382,13 +383,20 @@ class Renderer:
         make = km.client  # would buffer every later page's output (5-12 MB a page at the study's size)
         km.client = lambda *a, **k: clients.append(make(*a, **k)) or clients[-1]
         try:
+            # The page is written once, at the end (or with its error): papermill's default saves it
+            # twice per cell, validated, a third of a page's render time. An interrupted render thus
+            # leaves the previous page and its key, which no longer matches: it is rendered again.
             papermill.execute_notebook(str(notebook), str(output), parameters=params, cwd=str(self.cwd),
-                                       km=km, kernel_name="python3", progress_bar=False)
+                                       km=km, kernel_name="python3", progress_bar=False,
+                                       request_save_on_cell_execute=False)
+        except papermill.PapermillExecutionError:
+            _finish_page(output, title=title, key=key)
+            raise
         finally:
             del km.client
             for kc in clients:
                 kc.stop_channels()
-            _finish_page(output, title=title, key=key)
+        _finish_page(output, title=title, key=key)
 
 
 def _finish_page(path: Path, *, title: str | None, key: str | None) -> None:
@@ -422,6 +430,13 @@ def cell_title(cell: dict) -> str:
     settings = p.get("settings") or {}
     model = p["model"] + (" (" + ", ".join(f"{k}={v}" for k, v in settings.items()) + ")" if settings else "")
     return f"{model} on {p['dataset']}"
+
+
+def _papermill_wrote(exc: Exception) -> bool:
+    """Whether ``exc`` is a failed cell, whose page papermill wrote with the error in it."""
+    from papermill.exceptions import PapermillExecutionError
+
+    return isinstance(exc, PapermillExecutionError)
 
 
 def write_status_page(output: Path, cell: dict, status: str, text: str, *, trace: str = "") -> None:
@@ -647,6 +662,8 @@ def run_grid(path, *, force: bool = False, executor="local", address: str | None
             except Exception as exc:  # noqa: BLE001 - one failing page must not stop the grid
                 entry.update(status="failed", error=_short_error(exc))
                 log(f"{label}: page FAILED: {entry['error']}")
+                if not _papermill_wrote(exc):  # e.g. the kernel died: the previous page must not stay
+                    write_status_page(page, cell, "failed", f"**Rendering failed**: `{entry['error']}`")
             entry["seconds"] = round(entry["seconds"] + time.perf_counter() - t0, 2)
             record()
 

@@ -132,6 +132,14 @@ def test_a_changed_run_or_template_renders_the_page_again(tmp_path, monkeypatch)
     run_grid(grid, force=True, log=lines.append)
     assert rendered == [(page, {"key": notebook_state(page)["key"], "title": rendered[0][1]["title"]})]
 
+    # A render that fails outside any cell (the kernel died) leaves no stale page: it says so instead.
+    def dies(self, *args, **kwargs):
+        raise RuntimeError("Kernel died before replying to execute_request")
+    monkeypatch.setattr(Renderer, "render", dies)
+    status = run_grid(grid, force=True, **QUIET)
+    assert status["cells"][0]["status"] == "failed" and "Kernel died" in status["cells"][0]["error"]
+    assert "Rendering failed" in page.read_text() and notebook_state(page)["key"] is None
+
 
 def test_a_cell_whose_scoring_fails_gets_a_failed_page_and_the_others_still_run(tmp_path):
     project = copy_book_sources(tmp_path)
