@@ -380,7 +380,9 @@ def reparse(run, rule: str | None = None) -> pd.DataFrame:
         raise ValueError(f"{where}: {why}")
     t = run.table[run.table["stored"]]
     answers = [answer_text(v) for v in t["raw_output"]]
-    read = [None if a is None else chosen.read(prompt, a) for a in answers]
+    # A model answers in a few distinct texts ("Yes.", "No."): each is read once.
+    readings = {a: chosen.read(prompt, a) for a in set(answers) if a is not None}
+    read = [readings.get(a) for a in answers]
     out = t[list(run.dataset.pairs.columns)].assign(
         answer=answers, stored=t["decision"], score=t["score"],
         decision=[math.nan if a is None else a.decision for a in read],
