@@ -3,6 +3,7 @@
     python benchmarks/study_rehearsal.py                       # every model of grids/full.yaml, full-size sets
     python benchmarks/study_rehearsal.py --models 3 --json     # the first 3 models only
     python benchmarks/study_rehearsal.py --scale 0.01 --keep /tmp/rehearsal   # 1% of the pairs, folder kept
+    python benchmarks/study_rehearsal.py --datasets lfw,rfw    # two of its datasets only
 
 What it rehearses, in a temp folder (or ``--keep DIR``):
 
@@ -68,8 +69,9 @@ TARGET_RSS_MB = 4 * 1024
 PHASES = ("fixtures", "import", "score", "render", "summaries", "book")
 
 
-def build_fixtures(root: Path, scale: float = 1.0) -> dict[str, int]:
-    """Every dataset of grids/full.yaml under ``root`` in a published layout; returns pairs per dataset.
+def build_fixtures(root: Path, scale: float = 1.0, only: set[str] | None = None) -> dict[str, int]:
+    """Every dataset of grids/full.yaml (or those in ``only``) under ``root`` in a published layout;
+    returns pairs per dataset.
 
     ``scale`` shrinks every pair list (1.0: the published sizes), keeping 10
     folds with both classes in each. People matter as well as pairs (the
@@ -79,16 +81,24 @@ def build_fixtures(root: Path, scale: float = 1.0) -> dict[str, int]:
     def n(full: int, least: int = 1) -> int:
         return max(least, round(full * scale))
 
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
     per_kind = n(300)  # LFW, AgeDB: 10 folds × (300 matched + 300 mismatched)
     names = tuple(f"Person_{k:04d}" for k in range(n(400, 4)))
-    sizes = {"lfw": len(fx.make_lfw(root / "lfw", n_sets=10, per_kind=per_kind, names=names))}
-    for name in ("calfw", "cplfw"):  # 3,000 matched then 3,000 mismatched, two lines per pair
+    sizes = {}
+    if wanted("lfw"):
+        sizes["lfw"] = len(fx.make_lfw(root / "lfw", n_sets=10, per_kind=per_kind, names=names))
+    for name in filter(wanted, ("calfw", "cplfw")):  # 3,000 matched then 3,000 mismatched, two lines per pair
         rows = fx.make_calfw(root / name, f"pairs_{name.upper()}.txt", n_pos=10 * n(300), n_neg=10 * n(300))
         sizes[name] = len(rows)
     for name, protocol in (("cfp_ff", "FF"), ("cfp_fp", "FP")):  # 10 folds × (350 same + 350 diff), 500 people
-        sizes[name] = len(fx.make_cfp(root / name, protocol, n_ids=n(500, 4), per_kind=n(350)))
-    sizes["agedb_30"] = len(fx.make_agedb(root / "agedb_30", per_kind=per_kind, n_people=n(568, 4)))
-    sizes["rfw"] = len(fx.make_rfw(root / "rfw", per_race=10 * n(600, 2), n_ids=n(3000, 3)))  # 4 races × 6,000
+        if wanted(name):
+            sizes[name] = len(fx.make_cfp(root / name, protocol, n_ids=n(500, 4), per_kind=n(350)))
+    if wanted("agedb_30"):
+        sizes["agedb_30"] = len(fx.make_agedb(root / "agedb_30", per_kind=per_kind, n_people=n(568, 4)))
+    if wanted("rfw"):  # 4 races × 6,000
+        sizes["rfw"] = len(fx.make_rfw(root / "rfw", per_race=10 * n(600, 2), n_ids=n(3000, 3)))
     return sizes
 
 
@@ -102,15 +112,17 @@ def people(root: Path, dataset: str) -> dict[str, int]:
     return {"images": len(set(pairs["image_a"]) | set(pairs["image_b"])), "people": len(set(clusters.ravel()))}
 
 
-def write_grid(folder: Path, data_root: Path, n_models: int | None) -> Path:
-    """grids/full.yaml with its own book, results and data root under ``folder``, and its first ``n_models``
-    models (labelled entries kept when their base model is)."""
+def write_grid(folder: Path, data_root: Path, n_models: int | None, datasets: list[str] | None = None) -> Path:
+    """grids/full.yaml with its own book, results and data root under ``folder``, its first ``n_models``
+    models (labelled entries kept when their base model is) and its ``datasets`` (default: all)."""
     doc = yaml.safe_load((ROOT / "grids" / "full.yaml").read_text())
     plain = [m for m in doc["models"] if isinstance(m, str)]
     kept = set(plain[:n_models] if n_models else plain)
     doc.update(name="rehearsal", base=str(ROOT), book=str(folder / "book"), results_dir=str(folder / "results"),
                parameters={**(doc.get("parameters") or {}), "root": str(data_root)},
                models=[m for m in doc["models"] if (m if isinstance(m, str) else m["model"]) in kept])
+    if datasets:
+        doc["datasets"] = [d for d in doc["datasets"] if d in datasets]
     path = folder / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
     return path
@@ -281,11 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", type=int, help="keep the first N models of grids/full.yaml (default: all)")
     p.add_argument("--scale", type=float, default=1.0, help="share of every dataset's pairs (default 1: full size)")
+    p.add_argument("--datasets", help="keep only these datasets of grids/full.yaml, comma-separated (default: all)")
     p.add_argument("--keep", type=Path, help="work in this (new or empty) folder and keep it")
     p.add_argument("--json", action="store_true", help="end with one strict-JSON line")
     args = p.parse_args(argv)
     if args.models is not None and args.models < 1 or not 0 < args.scale <= 1:
         p.error("--models must be at least 1 and --scale in (0, 1]")
+    full = yaml.safe_load((ROOT / "grids" / "full.yaml").read_text())["datasets"]
+    datasets = args.datasets.split(",") if args.datasets else None
+    if datasets and not set(datasets) <= set(full):
+        p.error(f"--datasets {args.datasets}: grids/full.yaml has {', '.join(full)}")
     if args.keep and args.keep.exists() and any(args.keep.iterdir()):
         p.error(f"--keep {args.keep}: not empty; give a new or empty folder")
 
@@ -298,13 +315,13 @@ def main(argv: list[str] | None = None) -> int:
         phases = Phases()
         phases.start()
         phases.begin("fixtures")
-        sizes = build_fixtures(folder / "data", args.scale)
+        sizes = build_fixtures(folder / "data", args.scale, set(datasets) if datasets else None)
         census = {d: people(folder / "data", d) for d in sizes}
         phases.begin("import")
 
         from facebench.grid import load_grid
 
-        grid_path = write_grid(folder, folder / "data", args.models)
+        grid_path = write_grid(folder, folder / "data", args.models, datasets)
         grid = load_grid(grid_path)
         pairs = import_cells(grid, folder)
         status = run_study(grid_path, phases)
