@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 # Pinned in requirements.txt: a broken install fails here, loudly, instead of skipping these tests.
 import torch
+from PIL import Image
 
 from facebench import evaluate, get_scorer
 from facebench.backends.hf_vlm import HFVisionLanguage, ModelLoadError, answer_token_ids, tiny_folder
 from facebench.datasets import load_dataset
 from facebench.extraction import reparse
 from facebench.models import resolve
+from facebench.scoring import run_store
 from facebench.tiny_models import FAMILIES, build
 
 FAMILY_NAMES = sorted(FAMILIES)
@@ -188,6 +190,46 @@ def test_both_orders_records_the_swapped_pair(demo_pairs):
     assert row["score"] == pytest.approx(ab["score"], abs=1e-5)
     assert json.loads(row["raw_output"])["ba"]["score"] == pytest.approx(ba["score"], abs=1e-5)
     assert ab["score"] != pytest.approx(ba["score"], abs=1e-6)  # the order reaches the model
+
+
+def test_image_size_resizes_each_face_bicubic_before_the_processor(demo_pairs):
+    # The tiny Qwen2-VL makes one token of each 28×28 pixels, as the real one does:
+    # 16 for a 112×112 demo crop as given, 4 for the same crop at 56×56.
+    small = resolve("hf:tiny:qwen2-vl", {"image_size": 56}).load()
+    a, b = demo_pairs[0]
+    assert a.size == b.size == (112, 112)
+    processor, model = small._loaded
+    token = image_token_id(model.config)
+
+    def processed(size=None, resample=None):
+        faces = [[face.convert("RGB").resize((size, size), resample) if size else face.convert("RGB")
+                  for face in (a, b)]]
+        return processor(text=[small.rendered_prompt], images=faces, return_tensors="pt")
+
+    given, resized = processed(), captured_inputs(small, [(a, b)])
+    assert int((given["input_ids"] == token).sum()) == 2 * 16
+    assert int((resized["input_ids"] == token).sum()) == 2 * 4
+    assert resized["pixel_values"].shape[0] == given["pixel_values"].shape[0] // 4
+    assert torch.allclose(resized["pixel_values"].float(), processed(56, Image.Resampling.BICUBIC)["pixel_values"])
+    assert not torch.allclose(resized["pixel_values"].float(), processed(56, Image.Resampling.BILINEAR)["pixel_values"])
+
+
+def test_image_size_is_part_of_the_run_and_its_manifest(tmp_path):
+    plain = resolve("hf:tiny:qwen2-vl")
+    assert resolve("hf:tiny:qwen2-vl", {"image_size": None}).identity() == plain.identity()  # null: as given
+    run = evaluate("hf:tiny:qwen2-vl", "demo", limit=1, out=tmp_path, settings={"image_size": 56}, progress=False)
+    assert run.store.dir != run_store("hf:tiny:qwen2-vl", "demo", out=tmp_path).dir
+    m = run.manifest
+    assert m["settings"]["image_size"] == 56 and m["image_handling"] == "resized to 56x56 (bicubic)"
+
+
+@pytest.mark.parametrize("value", [0, -112, 224.0, "224", True])
+def test_an_image_size_that_is_not_a_whole_number_of_pixels_is_refused(value, tmp_path):
+    with pytest.raises(ValueError, match=r"model setting image_size="):
+        HFVisionLanguage(model="tiny:qwen2-vl", image_size=value)
+    with pytest.raises(ValueError, match=r"model setting image_size="):  # before any model loads or pair is scored
+        evaluate("hf:tiny:qwen2-vl", "demo", limit=2, out=tmp_path, settings={"image_size": value})
+    assert not any(tmp_path.iterdir())
 
 
 def test_number_template_scores_with_the_parsed_number(demo_pairs):

@@ -523,3 +523,55 @@ def test_a_run_page_with_no_valid_score_shows_0_percent_and_why_there_are_no_cur
                                            "pairs has a score (acquire rate 0.00%)")
     # the status comes from the stored rows, not from what the manifest last said
     assert report.provenance_table(run).loc["status", "Value"] == "complete"
+
+
+def sized_run(root, dataset, scores, decisions, size, *, prompt="paper-yesno", folder):
+    """An MLLM run of the negative control at image size ``size``, read from a ``.bin``."""
+    manifest = {"settings": {"prompt": prompt, "image_size": size},
+                "dataset_info": {"layout": "insightface demo.bin", "image_files": False},
+                "image_handling": "the dataset's images as they are" if size is None else f"resized to {size}x{size}"}
+    return make_run(root, dataset, "negative-control", scores, decisions=decisions, manifest=manifest, folder=folder)
+
+
+def test_resolution_table_compares_the_sizes_of_one_model_on_the_same_pairs(tmp_path, demo):
+    from facebench.metrics import roc_auc_score
+
+    same = demo.pairs["same"].to_numpy()
+    scores = {n: synthetic_scores(demo, seed=i, gap=0.5 + i) for i, n in enumerate((None, 448, 112, 224))}
+    scores[112][40:44] = np.nan  # four pairs the 112-px run could not score
+    answers = same.astype(int)
+    answers[:9] = 1 - answers[:9]  # nine wrong answers at every size
+    runs = [sized_run(tmp_path, demo, s, answers, n, folder=f"nc{n}") for n, s in scores.items()]
+    other = scores[224].copy()
+    other[:10] = np.nan  # another template: if it were compared with the sizes, they would lose these pairs
+    runs.append(sized_run(tmp_path, demo, other, answers, 224, prompt="fr-ouinon", folder="fr224"))
+    results = report.results_from_runs(runs + [make_run(tmp_path, demo, "dlib", synthetic_scores(demo, seed=9))])
+    table = report.resolution_table(results).droplevel(["Dataset", "Model", "Cell"])
+    assert table.index.tolist() == ["as given", "112×112", "224×224", "448×448", "224×224"]
+    sizes = table.iloc[:4]
+    assert (sizes["Pairs every size scored"] == 50).all() and table.iloc[4]["Pairs every size scored"] == 44
+    assert (sizes["Own answers, all pairs"] == f"{100 * 45 / 54:.2f}").all()
+    assert (table["Layout"] == "insightface demo.bin").all()
+    kept = ~demo.pairs["pair_id"].isin(range(40, 44)).to_numpy()
+    acc, _ = kfold_accuracy(scores[224][kept], same[kept], demo.pairs["fold"][kept])
+    assert sizes.loc["224×224", "k-fold accuracy on those"] == f"{100 * acc.mean():.2f} ± {100 * acc.std():.2f}"
+    assert sizes.loc["448×448", "AUC on those"] == f"{roc_auc_score(scores[448][kept], same[kept]):.3f}"
+    # no run at a size of its own: nothing to compare, and no number shown
+    assert report.resolution_table(report.results_from_runs(runs[:1])).iloc[0, 0].startswith("not run: ")
+    assert report.resolution_table(pd.DataFrame(columns=["model", "status"])).iloc[0, 0].startswith("not run: ")
+
+
+def test_the_models_and_layout_tables_show_what_was_done_to_the_images(tmp_path, demo):
+    scores = synthetic_scores(demo, seed=0)
+    runs = [sized_run(tmp_path, demo, scores, None, n, folder=f"nc{n}") for n in (None, 224)]
+    files = make_run(tmp_path, demo, "dlib", scores, manifest={"dataset_info": {"layout": "LFW pairs.txt + lfw/",
+                                                                                "image_files": True}})
+    results = report.results_from_runs(runs + [files])
+    results.loc[1, "model"] = "negative-control-224"  # a variant's label, as a grid gives it
+    models = report.models_table(results)
+    assert models.loc["negative-control-224", "Images"] == "resized to 224x224"
+    assert json.loads(models.loc["negative-control-224", "Settings"])["image_size"] == 224
+    layouts = report.layout_table(results)
+    assert layouts.loc[("demo", "insightface demo.bin")].tolist() == ["aligned 112×112 crops (insightface .bin)", 2]
+    assert layouts.loc[("demo", "LFW pairs.txt + lfw/"), "Images"] == "image files"
+    assert report.layout_table(pd.DataFrame(columns=["model", "status"])).iloc[0, 0].startswith("not run: ")

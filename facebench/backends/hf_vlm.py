@@ -23,6 +23,7 @@ import copy
 import hashlib
 import json
 import math
+import numbers
 import os
 import warnings
 from functools import cached_property
@@ -89,6 +90,24 @@ def answer_token_ids(tokenizer, words) -> list[int]:
     return sorted(single or first)
 
 
+def checked_image_size(value) -> int | None:
+    """The ``image_size`` setting, checked: None, or a whole number of pixels of at least 1.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is a bool, a float, a string or below 1; the message names the setting.
+        A float or a string is refused rather than converted: the run's identity hashes
+        the setting as written, so ``224`` and ``"224"`` would be two runs of one thing.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"model setting image_size={value!r}: expected a whole number of pixels of at least 1 "
+                         "(each image resized to image_size x image_size), or null for the images as given")
+    return int(value)
+
+
 # The weights loaded last, kept for the next verifier that asks for the same ones: a grid's
 # variants of one model (another prompt, both orders, another image size) run one after
 # another and load it once. One model at a time, so memory holds no more than before.
@@ -116,8 +135,12 @@ class HFVisionLanguage(PairVerifier):
         The rule of ``facebench/extraction.yaml`` that reads answers into
         decisions; None: the template's own.
     image_size : int, optional
-        Resize both crops to ``image_size``² before the processor; None hands
-        the dataset's crops on as they are.
+        Resize each image to ``image_size`` × ``image_size`` pixels (bicubic;
+        a non-square image is stretched) before the processor, which then
+        resizes as the model does; None hands the dataset's images on as
+        they are. Qwen2/2.5-VL give one visual token per 28×28 pixels (Qwen3-VL
+        per 32×32), so the size sets how many tokens a face gets; models with a
+        fixed input (InternVL, LLaVA) resize again to it.
     max_new_tokens : int
         Length of the greedy continuation that holds the answer text.
     processor_kwargs : dict, optional
@@ -142,13 +165,16 @@ class HFVisionLanguage(PairVerifier):
         self.model_name, self.revision, self.dtype_name = model, revision, dtype
         self.attn_implementation, self.trust_remote_code = attn_implementation, bool(trust_remote_code)
         self.prompt, self.rule = load_reading(prompt, extraction)
-        self.image_size = None if image_size is None else int(image_size)
+        self.image_size = checked_image_size(image_size)
         self.max_new_tokens, self.both_orders, self.seed = int(max_new_tokens), bool(both_orders), int(seed)
         self.processor_kwargs = dict(processor_kwargs or {})
         self.batch_limit: int | None = None  # set when a batch ran out of memory
 
     @classmethod
     def identity(cls, settings: dict) -> dict:
+        # Checked here too: a run's folder is named by its identity before any model
+        # loads, so a bad size is refused before minutes of loading weights, not after.
+        checked_image_size(settings.get("image_size"))
         return reading_identity(settings)
 
     @classmethod
@@ -276,7 +302,7 @@ class HFVisionLanguage(PairVerifier):
             "extraction": self.rule.identity,
             "prompt_language": self.prompt.language,
             "answer_tokens": {"yes": tokenizer.convert_ids_to_tokens(yes), "no": tokenizer.convert_ids_to_tokens(no)},
-            "image_handling": "dataset crops as they are" if self.image_size is None
+            "image_handling": "the dataset's images as they are" if self.image_size is None
             else f"resized to {self.image_size}x{self.image_size} (bicubic)",
             "both_orders": self.both_orders,
         }

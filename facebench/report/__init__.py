@@ -16,9 +16,10 @@ from facebench.report.run_page import (glue_metrics, metrics_table, notes, prove
                                        run_metrics, score_distribution_figure)
 from facebench.report.tables import (bootstrap_table, dataset_table, extraction_disagreements, extraction_table,
                                      finetune_table, glue_results, group_decision_table, group_table,
-                                     group_threshold_table, learned_threshold_table, main_table, mcnemar_table,
-                                     models_table, order_consistency_table, own_answer_table, paired_comparison,
-                                     prompt_sensitivity_table, prompts_table, status_table, tar_at_far_table)
+                                     group_threshold_table, layout_table, learned_threshold_table, main_table,
+                                     mcnemar_table, models_table, order_consistency_table, own_answer_table,
+                                     paired_comparison, prompt_sensitivity_table, prompts_table, resolution_table,
+                                     status_table, tar_at_far_table)
 
 __all__ = [
     "NOT_RUN",
@@ -38,6 +39,7 @@ __all__ = [
     "hardest_pairs",
     "hardest_pairs_gallery",
     "headline",
+    "layout_table",
     "learned_threshold_table",
     "load_published",
     "main_table",
@@ -55,6 +57,7 @@ __all__ = [
     "provenance_table",
     "published_sources",
     "published_table",
+    "resolution_table",
     "results_from_runs",
     "roc_det_figure",
     "roc_figure",

@@ -212,12 +212,14 @@ def glue_results(results: pd.DataFrame, grid) -> None:
     glue("dataset_table", dataset_table(results), display=False)
     glue("models_table", models_table(results), display=False)
     glue("prompts_table", prompts_table(results), display=False)
+    glue("layout_table", layout_table(results), display=False)
 
 
 def models_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Model id, revision, where its weights came from and settings of each model, as its runs
-    recorded them, with the licence and training data ``facebench/models.yaml`` states
-    (blank where it states none, as for the MLLMs)."""
+    """Model id, revision, where its weights came from, what was done to the images before
+    the model's processor (MLLMs: as given, or the ``image_size`` they were resized to) and
+    settings of each model, as its runs recorded them, with the licence and training data
+    ``facebench/models.yaml`` states (blank where it states none, as for the MLLMs)."""
     from facebench.models import registry_entries
 
     rows = {}
@@ -229,8 +231,29 @@ def models_table(results: pd.DataFrame) -> pd.DataFrame:
         rows[r["model"]] = {"Model id": m.get("model_id"), "Revision": m.get("revision"),
                             "Weights from": m.get("weights_source", ""), "Licence": entry.get("licence", ""),
                             "Training data": entry.get("training_data", ""),
+                            "Images": m.get("image_handling", ""),
                             "Settings": json.dumps(m.get("settings"), sort_keys=True)}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("Model")
+
+
+def layout_table(results: pd.DataFrame) -> pd.DataFrame:
+    """The form each dataset was read in, as its complete runs' manifests record it: the
+    layout (``facebench data check NAME`` lists the accepted ones, tried in order) and
+    whether the images are the aligned 112×112 crops insightface packs into a ``.bin``
+    or the image files the layout names (for LFW's ``pairs.txt + lfw/``, the original
+    250×250 photos, the face in a looser frame). A dataset read in two layouts by
+    different runs has a row for each."""
+    done = _complete(results)
+    if done.empty:
+        return _not_run("no grid cell is complete")
+    rows = {}
+    for r in done.to_dict("records"):
+        info = r["run"].manifest.get("dataset_info") or {}
+        key = (r["dataset"], info.get("layout") or "not recorded")
+        images = ("aligned 112×112 crops (insightface .bin)" if info.get("image_files") is False
+                  else "image files" if info.get("layout") else "not recorded")
+        rows.setdefault(key, {"Images": images, "Runs": 0})["Runs"] += 1
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis(["Dataset", "Layout"])
 
 
 def tar_at_far_table(results: pd.DataFrame, *, fars=TABLE_FARS) -> pd.DataFrame:
@@ -472,6 +495,49 @@ def prompt_sensitivity_table(results: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return _not_run("no MLLM has been run with two or more prompt templates on the same dataset")
     return pd.DataFrame(rows).set_index(["Dataset", "Model", "Template"])
+
+
+def resolution_table(results: pd.DataFrame) -> pd.DataFrame:
+    """One MLLM on one dataset at several image sizes (model setting ``image_size``: each
+    image resized to N×N, bicubic, before the model's processor), next to its run on the
+    images as given where there is one; runs that differ in another setting (a prompt,
+    both orders) are never compared. Each size: the layout its dataset was read in (what
+    "as given" is), own-answer accuracy over all pairs (an invalid answer counted wrong),
+    acquire rate, and k-fold accuracy and AUC on the pairs every size scored. A model
+    is shown only where a run of it has an image size of its own."""
+    from facebench.metrics import roc_auc_score
+
+    done = _complete(results)
+    done = done[done["kind"] == "MLLM"] if not done.empty else done
+    rows = []
+    by = "base_model" if "base_model" in done else "model"
+    for (dataset, model), part in (done.groupby(["dataset", by], sort=False) if not done.empty else []):
+        settings = part["settings"].map(lambda v: v if isinstance(v, dict) else {})
+        size = settings.map(lambda v: v.get("image_size"))
+        others = settings.map(lambda v: json.dumps({k: x for k, x in v.items() if k != "image_size"},
+                                                   sort_keys=True, default=str))
+        for _, same in part.assign(_size=size, _others=others).groupby("_others", sort=False):
+            if same["_size"].isna().all():
+                continue
+            same = same.drop_duplicates("_size").sort_values("_size", key=lambda v: v.fillna(0), kind="stable")
+            records = same.to_dict("records")
+            tables = [r["run"].table[r["run"].table["stored"]] for r in records]
+            scored = set.intersection(*(set(t.loc[np.isfinite(t["score"].to_numpy(float)), "pair_id"])
+                                        for t in tables))
+            for r, t in zip(records, tables):
+                s = t[t["pair_id"].isin(scored)]
+                n = r["_size"]
+                rows.append({"Dataset": dataset, "Model": model,
+                             "Image size": "as given" if pd.isna(n) else f"{int(n)}×{int(n)}", "Cell": r["model"],
+                             "Layout": (r["run"].manifest.get("dataset_info") or {}).get("layout", "not recorded"),
+                             "Own answers, all pairs": _pct(r.get("hard_accuracy_all")),
+                             "Acquire rate": _pct(r.get("acquire_rate")), "Pairs every size scored": len(scored),
+                             "k-fold accuracy on those": _kfold_text(s),
+                             "AUC on those": f"{roc_auc_score(s['score'].to_numpy(float), s['same'].to_numpy()):.3f}"
+                             if s["same"].nunique() == 2 else "n/a"})
+    if not rows:
+        return _not_run("no MLLM has been run at an image size of its own (model setting image_size)")
+    return pd.DataFrame(rows).set_index(["Dataset", "Model", "Image size", "Cell"])
 
 
 def _pct(v) -> str:
