@@ -707,10 +707,11 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", clus
         1/True for genuine pairs, 0/False for impostor pairs.
     folds : array-like of shape (n_pairs,), default=None
         Integer fold id per pair; required by ``"kfold_accuracy"``.
-    statistic : str or callable, default="kfold_accuracy"
+    statistic : str, callable or list of them, default="kfold_accuracy"
         A name in ``BOOTSTRAP_STATISTICS`` (``"kfold_accuracy"``,
         ``"decision_accuracy"``, ``"auc"``, ``"eer"``) or a function
-        ``f(scores, labels, folds) -> float``.
+        ``f(scores, labels, folds) -> float``; a list gives one interval per
+        statistic, all from the same resamples (drawn once).
     clusters : array-like of shape (n_pairs, 2), default=None
         The person (an integer id) on each side of each pair, as
         `identity_clusters` gives; None resamples pairs.
@@ -724,7 +725,7 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", clus
 
     Returns
     -------
-    ci : dict
+    ci : dict, or list of dicts for a list of statistics
         ``estimate`` (the statistic on the pairs as given), ``low``, ``high``,
         ``level``, ``n_resamples``, ``n_undefined`` (resamples where the
         statistic is undefined, e.g. AUC without impostor pairs), ``method``
@@ -738,16 +739,22 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", clus
     (0.75, True)
     """
     scores, labels = _check_pairs(scores, labels)
-    name = statistic if isinstance(statistic, str) else getattr(statistic, "__name__", "statistic")
-    if isinstance(statistic, str):
-        if statistic not in BOOTSTRAP_STATISTICS:
-            raise ValueError(f"statistic must be one of {sorted(BOOTSTRAP_STATISTICS)} or a callable; "
-                             f"got {statistic!r}")
-        statistic = BOOTSTRAP_STATISTICS[statistic]
-    elif not callable(statistic):
-        raise ValueError(f"statistic must be a name or a callable; got {statistic!r}")
+    several = isinstance(statistic, (list, tuple))
+    if several and not statistic:
+        raise ValueError("statistic: the list is empty; give at least one statistic")
+    names, statistics = [], []
+    for stat in statistic if several else [statistic]:
+        names.append(stat if isinstance(stat, str) else getattr(stat, "__name__", "statistic"))
+        if isinstance(stat, str):
+            if stat not in BOOTSTRAP_STATISTICS:
+                raise ValueError(f"statistic must be one of {sorted(BOOTSTRAP_STATISTICS)} or a callable; "
+                                 f"got {stat!r}")
+            stat = BOOTSTRAP_STATISTICS[stat]
+        elif not callable(stat):
+            raise ValueError(f"statistic must be a name or a callable; got {stat!r}")
+        statistics.append(stat)
     if folds is None:
-        if name == "kfold_accuracy":
+        if "kfold_accuracy" in names:
             raise ValueError("statistic 'kfold_accuracy' needs folds")
         folds = np.zeros(len(scores), np.int64)
     folds = _as_folds(folds)
@@ -767,17 +774,23 @@ def bootstrap_ci(scores, labels, folds=None, *, statistic="kfold_accuracy", clus
             raise ValueError(f"clusters must be integer ids of shape (n_pairs, 2) = ({len(scores)}, 2); "
                              f"got shape {clusters.shape}, dtype {clusters.dtype}")
         draw = _identity_draw(clusters, labels, rng)
-    values = np.empty(n_resamples)
+    values = np.empty((len(statistics), n_resamples))
     # Resamples are drawn in chunks to bound memory (chunk × n_pairs weights).
     chunk = max(1, min(n_resamples, 2_000_000 // max(len(scores), 1)))
     for start in range(0, n_resamples, chunk):
         rows = min(chunk, n_resamples - start)
-        values[start:start + rows] = _resampled(statistic, scores, labels, folds, draw(rows))
-    defined = values[np.isfinite(values)]
-    low, high = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2]) if len(defined) else (math.nan,) * 2
-    return {"statistic": name, "estimate": float(statistic(scores, labels, folds)), "low": float(low),
-            "high": float(high), "level": float(level), "n_resamples": int(n_resamples),
-            "n_undefined": int(n_resamples - len(defined)), "method": "pairs" if clusters is None else "identities"}
+        counts = draw(rows)
+        for k, stat in enumerate(statistics):
+            values[k, start:start + rows] = _resampled(stat, scores, labels, folds, counts)
+    out = []
+    for name, stat, v in zip(names, statistics, values):
+        defined = v[np.isfinite(v)]
+        low, high = np.quantile(defined, [(1 - level) / 2, (1 + level) / 2]) if len(defined) else (math.nan,) * 2
+        out.append({"statistic": name, "estimate": float(stat(scores, labels, folds)), "low": float(low),
+                    "high": float(high), "level": float(level), "n_resamples": int(n_resamples),
+                    "n_undefined": int(n_resamples - len(defined)),
+                    "method": "pairs" if clusters is None else "identities"})
+    return out if several else out[0]
 
 
 def _multiplicities(idx, n):
@@ -870,6 +883,10 @@ def _kfold_mean_resampled(scores, labels, folds, idx=None, *, counts=None):
     order = np.argsort(scores, kind="stable")
     s, y, f = scores[order], labels[order], folds[order]
     c = counts[:, order]  # (rows, n) multiplicities of the sorted pairs
+    # Every scan below stays within ±2 × a row's total weight: int32 where that fits, which halves
+    # the memory the scans stream through (they are bound by it), and is as exact as int64.
+    if c.sum(axis=1).max(initial=0) < 2**29:
+        c = c.astype(np.int32)
     starts = np.r_[0, np.flatnonzero(np.diff(s)) + 1]
     distinct = s[starts]
     n_distinct = len(distinct)
@@ -878,7 +895,7 @@ def _kfold_mean_resampled(scores, labels, folds, idx=None, *, counts=None):
     cy = c * y
     all_pos, all_w = _sum_runs(cy, starts), _sum_runs(c, starts)  # (rows, n_distinct)
     # Correct calls gained by calling everything up to distinct[j] "different", over all pairs.
-    gain = np.cumsum(all_w - 2 * all_pos, axis=1)
+    gain = np.cumsum(all_w - 2 * all_pos, axis=1, dtype=c.dtype)
     accuracies = []
     for fold in np.unique(folds):
         test = f == fold
@@ -889,7 +906,7 @@ def _kfold_mean_resampled(scores, labels, folds, idx=None, *, counts=None):
         f_pos, f_w = _sum_runs(c_test * y[test], fold_starts), _sum_runs(c_test, fold_starts)
         # The training gain is gain minus the fold's, a step function rising at `at`: constant on
         # each stretch [at[t], at[t + 1]) (and 0 on [0, at[0])), so its maximum per stretch is gain's.
-        f_gain = np.cumsum(f_w - 2 * f_pos, axis=1)
+        f_gain = np.cumsum(f_w - 2 * f_pos, axis=1, dtype=c.dtype)
         if at[0] > 0:
             at_starts, f_gain = np.r_[0, at], np.c_[np.zeros((rows, 1), f_gain.dtype), f_gain]
         else:

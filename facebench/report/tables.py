@@ -320,11 +320,10 @@ def bootstrap_table(results: pd.DataFrame, *, n_resamples: int = 1000, seed: int
         scores, same, folds = t["score"].to_numpy(float), t["same"].to_numpy(), t["fold"].to_numpy()
         if t["same"].nunique() == 2 and t["fold"].nunique() > 1:
             clusters, row["People"] = _people(run, t)
-            options = dict(clusters=clusters, n_resamples=n_resamples, seed=seed, level=level)
-            ci = bootstrap_ci(scores, same, folds, **options)
+            ci, auc = bootstrap_ci(scores, same, folds, statistic=["kfold_accuracy", "auc"], clusters=clusters,
+                                   n_resamples=n_resamples, seed=seed, level=level)
             low, high = binomial_ci(int(np.sum(kfold_decisions(scores, same, folds) == same)), len(t), level=level)
             row["k-fold accuracy"] = _with_interval(ci["estimate"], min(low, ci["low"]), max(high, ci["high"]))
-            auc = bootstrap_ci(scores, same, statistic="auc", **options)
             row["AUC"] = (f"{auc['estimate']:.3f} (every resample)" if auc["low"] == auc["high"] else
                           f"{auc['estimate']:.3f} [{auc['low']:.3f}, {auc['high']:.3f}]")
         else:
