@@ -575,3 +575,20 @@ def test_the_models_and_layout_tables_show_what_was_done_to_the_images(tmp_path,
     assert layouts.loc[("demo", "insightface demo.bin")].tolist() == ["aligned 112×112 crops (insightface .bin)", 2]
     assert layouts.loc[("demo", "LFW pairs.txt + lfw/"), "Images"] == "image files"
     assert report.layout_table(pd.DataFrame(columns=["model", "status"])).iloc[0, 0].startswith("not run: ")
+
+
+def test_collect_reads_a_run_again_only_when_its_folder_changed(demo_project, monkeypatch):
+    """The summaries of a grid run one after another; each collect() reuses the rows of runs left as they were."""
+    from facebench.report import collecting
+
+    grid = demo_project[0] / "grids" / "demo.yaml"
+    first = collecting.collect(grid)
+    computed = []
+    real = collecting._complete_row
+    monkeypatch.setattr(collecting, "_complete_row", lambda run: computed.append(run) or real(run))
+    again = collecting.collect(grid)
+    assert not computed and again["accuracy_mean"].equals(first["accuracy_mean"])
+    store = first.dropna(subset=["accuracy_mean"]).iloc[0]["run"].store
+    store.write_manifest(store.read_manifest())  # the same manifest written again: the folder changed
+    collecting.collect(grid)
+    assert [run.store.dir for run in computed] == [store.dir]

@@ -13,6 +13,10 @@ from facebench.scoring import Run, open_run
 
 NOT_RUN = "not run"
 
+# The rows of the last collect() in this process, by what they were computed from: the summaries
+# of a grid run one after another in one kernel, and each would otherwise read every run again.
+_ROWS: dict = {}
+
 
 def collect(grid_path, *, root=None) -> pd.DataFrame:
     """One row per grid cell, in grid order: its status and, for cells with a stored run, the metrics.
@@ -24,9 +28,10 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
     """
     from facebench.datasets import load_dataset
 
+    global _ROWS
     grid = load_grid(grid_path)
     recorded = recorded_status(grid["runs_dir"] / STATUS_FILE)
-    rows, datasets = [], {}
+    rows, datasets, computed = [], {}, {}
     for cell in grid["cells"]:
         p = cell["parameters"]
         row = _cell_row(cell["name"], cell["label"], p["model"], p["dataset"], variant=bool(p.get("settings")))
@@ -40,9 +45,21 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
             datasets[where] = load_dataset(p["dataset"], where[1])
         run = open_run(p["model"], datasets[where], limit=p.get("limit"), out=p.get("out"),
                        settings=p.get("settings"))
+        key = (_files_key(run.store.dir), datasets[where].checksum, p.get("limit"))
+        computed[key] = _ROWS.get(key) or _complete_row(run)
         # the cell's label, not the run's model name
-        rows.append({**_complete_row(run), **row, "status": entry["status"]})
+        rows.append({**computed[key], **row, "status": entry["status"]})
+    _ROWS = computed
     return pd.DataFrame(rows)
+
+
+def _files_key(folder) -> tuple:
+    """A run folder's files (the store, its write-ahead log, shards, the manifest) by name, size
+    and modification time: any stored pair or manifest change gives another key."""
+    from pathlib import Path
+
+    return (str(folder), tuple(sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                                      for f in Path(folder).rglob("*") if f.is_file())))
 
 
 def _cell_row(cell: str, label: str, model: str, dataset: str, *, variant: bool) -> dict:
