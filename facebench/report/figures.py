@@ -88,7 +88,6 @@ def score_distributions_figure(runs: list[Run]):
     """Genuine and impostor score histograms, one panel per model (scores are on
     each model's own scale, so the panels do not share an x axis)."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
 
     cols = min(len(runs), PANELS_PER_ROW)
     rows = math.ceil(len(runs) / cols)
@@ -96,12 +95,30 @@ def score_distributions_figure(runs: list[Run]):
     for ax in axes.flat[len(runs):]:
         ax.set_visible(False)
     for ax, run in zip(axes.flat, runs):
-        t = _scored(run).assign(pair=lambda d: d["same"].map({True: "genuine", False: "impostor"}))
-        sns.histplot(data=t, x="score", hue="pair", hue_order=["genuine", "impostor"], bins=30, element="step",
-                     stat="density", common_norm=False, ax=ax)
+        t = _scored(run)
+        score_histograms(ax, t)
         ax.set(title=f"{run.model} ({len(t)} pairs scored)", xlabel="score (higher = more alike)")
     fig.tight_layout()
     return fig
+
+
+def score_histograms(ax, t: pd.DataFrame, *, bins: int = 30) -> None:
+    """The genuine and the impostor scores of the pairs ``t`` on ``ax``: each kind's density
+    (its own area 1) as a filled, outlined step, on bins shared by both kinds."""
+    # numpy and matplotlib directly: seaborn's histplot spent a third of a second a panel,
+    # and the full study draws about 150 panels.
+    scores, same = t["score"].to_numpy(float), t["same"].to_numpy(bool)
+    finite = np.isfinite(scores)
+    scores, same = scores[finite], same[finite]
+    edges = np.histogram_bin_edges(scores, bins=bins)
+    for k, (name, which) in enumerate((("genuine", same), ("impostor", ~same))):
+        if which.any():
+            density, _ = np.histogram(scores[which], bins=edges, density=True)
+            ax.stairs(density, edges, fill=True, alpha=0.25, color=f"C{k}")
+            ax.stairs(density, edges, color=f"C{k}", label=name)
+    ax.set_ylabel("Density")
+    if len(scores):
+        ax.legend(title="pair")
 
 
 def per_dataset_figures(results: pd.DataFrame, kind: str) -> None:

@@ -91,14 +91,14 @@ def roc_figure(runs: list[Run], *, title: str | None = None):
 def score_distribution_figure(run: Run):
     """Genuine and impostor score histograms of one run; None while it has no scored pair."""
     import matplotlib.pyplot as plt
-    import seaborn as sns
+
+    from facebench.report.figures import score_histograms
 
     if run.table["score"].notna().sum() == 0:
         return None
-    t = run.table.dropna(subset=["score"]).assign(pair=lambda d: d["same"].map({True: "genuine", False: "impostor"}))
+    t = run.table.dropna(subset=["score"])
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    sns.histplot(data=t, x="score", hue="pair", hue_order=["genuine", "impostor"], bins=30, element="step",
-                 stat="density", common_norm=False, ax=ax)
+    score_histograms(ax, t)
     ax.set(xlabel="score (higher = more alike)",
            title=f"{run.model} on {run.dataset.name}: {int(t['same'].sum())} genuine, {int((~t['same']).sum())} impostor pairs")
     fig.tight_layout()
