@@ -18,6 +18,10 @@ into each pair's ``raw_output``):
 ``aligned:dlib68`` / ``aligned:yunet``
     the setting ``aligner`` picks who finds the five points, same warp: dlib's HOG
     detector and 68-point model, or YuNet (:mod:`facebench.detectors`);
+``aligned:dlib68:padded`` / ``aligned:yunet:padded``
+    it found none in the image as given, and found them in the image enlarged and
+    framed (:func:`facebench.detectors.pad_for_detection`): a tight crop whose face
+    fills the frame; with the setting ``pad_retry`` off this step is skipped;
 ``no face: centre crop``
     the centred square, resized.
 
@@ -41,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from facebench.align import centre_crop, check_landmarks, warp_to_template
-from facebench.detectors import ALIGNERS, landmark_finder, yunet_entry
+from facebench.detectors import ALIGNERS, find_landmarks, landmark_finder, yunet_entry
 from facebench.files import file_sha256
 from facebench.models import BACKENDS, EmbeddingVerifier
 from facebench.paths import PROJECT_ROOT, models_root
@@ -266,7 +270,9 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
     published cosine cut-off for hard decisions (None: no decisions);
     ``aligner`` who finds the five landmarks in photos that are neither crops
     nor given landmarks, ``"dlib"`` or ``"yunet"`` (:mod:`facebench.detectors`);
-    ``upsample`` dlib HOG upsampling there.
+    ``upsample`` dlib HOG upsampling there; ``pad_retry`` where the aligner finds
+    no face, look again in the image enlarged and framed before falling back to
+    the centre crop (False: as runs made before it, which centre-cropped tight crops).
 
     How it runs is not a setting: attribute ``device`` picks the execution
     provider, ``"auto"`` (CUDA where onnxruntime has it, else CPU), ``"cpu"`` or
@@ -278,7 +284,8 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
 
     def __init__(self, *, model: str, sha256: str | None = None, input_size=None, mean=None, std=None,
                  channels: str = "rgb", layout: str | None = None, flip: bool = True,
-                 threshold: float | None = None, aligner: str = "dlib", upsample: int = 1):
+                 threshold: float | None = None, aligner: str = "dlib", upsample: int = 1,
+                 pad_retry: bool = True):
         if aligner not in ALIGNERS:
             raise ValueError(f"model {model!r}: setting aligner must be one of {', '.join(ALIGNERS)}, got {aligner!r}")
         problem = file_problem(model, sha256) or aligner_problem(aligner)
@@ -306,7 +313,7 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
             raise ValueError(f"model {model!r}: setting std must not be 0, got {self.std!r}")
         self.channels, self.flip = channels, bool(flip)
         self.threshold = None if threshold is None else float(threshold)
-        self.aligner, self.upsample = aligner, int(upsample)
+        self.aligner, self.upsample, self.pad_retry = aligner, int(upsample), bool(pad_retry)
         self._find = landmark_finder(aligner, upsample=self.upsample,
                                      yunet_path=model_path(yunet_entry()["file"]) if aligner == "yunet" else None)
         self._fixed_batch, self._input, self._output = graph["batch"], graph["input_name"], graph["output_name"]
@@ -378,10 +385,12 @@ class OnnxFaceRecognizer(EmbeddingVerifier):
             return image.convert("RGB"), "pre-aligned"
         if landmarks is not None:
             return warp_to_template(image, check_landmarks(landmarks), self.size), "aligned:dataset"
-        found = self._find(np.ascontiguousarray(np.asarray(image.convert("RGB"))))
+        pixels = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+        found, path = find_landmarks(self._find, pixels, retry=self.pad_retry)
         if found is None:
             return centre_crop(image, self.size), "no face: centre crop"
-        return warp_to_template(image, found, self.size), "aligned:dlib68" if self.aligner == "dlib" else "aligned:yunet"
+        note = "aligned:dlib68" if self.aligner == "dlib" else "aligned:yunet"
+        return warp_to_template(image, found, self.size), note + (":padded" if path == "padded" else "")
 
     def _forward(self, x: np.ndarray) -> np.ndarray:
         """Network outputs (n, dim) for inputs ``x``, in runs of the graph's fixed batch size if it has one."""
