@@ -37,15 +37,19 @@ book: grid
 test: models
 	$(BIN)/python -m pytest
 
-# JupyterLab on the checkout. The overrides make .md files open as notebooks
-# (jupytext's viewer); jupytext.toml pairs notebooks/*.md with _build/lab/*.ipynb.
+# JupyterLab on the checkout. Lab picks a viewer by file name alone, so every .md opens as
+# Markdown (the overrides); the analyses open as notebooks through their pairs
+# _build/lab/*.ipynb (jupytext.toml pairs them with notebooks/*.md), made here when missing
+# (see facebench/lab.py) and where Lab's file browser starts. A save writes the .md too.
 # LAB_ARGS passes options on, e.g. make lab LAB_ARGS="--no-browser --port 8899"; root (as in
 # most containers) gets --allow-root, which JupyterLab otherwise demands.
 LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings
 LAB_ARGS ?=
 lab: $(STAMP)
 	install -D -m 644 .jupyter/lab-overrides.json $(LAB_SETTINGS)/overrides.json
-	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(BIN)/python -m facebench.lab _build/lab notebooks/*.md
+	$(BIN)/jupyter lab --notebook-dir=. $(if $(filter 0,$(shell id -u)),--allow-root) \
+		--LabApp.default_url=/lab/tree/_build/lab $(LAB_ARGS)
 
 # Re-create the vendored MathJax (book/_static/mathjax, see its README); needs npm.
 MATHJAX := mathjax@3.2.2

@@ -151,7 +151,7 @@ def test_notebooks_open_in_jupyterlab_as_paired_notebooks():
         assert paths == [path, ROOT / "_build" / "lab" / f"{path.stem}.ipynb"]
     assert config.default_formats(str(ROOT / "book" / "intro.md")) is None  # prose pages stay Markdown
     overrides = (ROOT / ".jupyter" / "lab-overrides.json").read_text()
-    assert '"markdown": "Jupytext Notebook"' in overrides
+    assert '"markdown": "Editor"' in overrides  # README.md and book/*.md; notebooks open through their pairs
 
 
 def test_make_lab_installs_the_overrides_and_opens_the_checkout(tmp_path):
@@ -160,6 +160,8 @@ def test_make_lab_installs_the_overrides_and_opens_the_checkout(tmp_path):
     bin_dir.mkdir()
     (bin_dir / "jupyter").write_text(f'#!/bin/sh\npwd > "{called}"\necho "$@" >> "{called}"\n')
     (bin_dir / "jupyter").chmod(0o755)
+    (bin_dir / "python").write_text(f'#!/bin/sh\necho "$@" > "{tmp_path / "pairs"}"\n')  # the pairs it would write
+    (bin_dir / "python").chmod(0o755)
     stamp = tmp_path / "installed"
     stamp.touch()  # newer than requirements.txt: the install step has nothing to do
     subprocess.run(["make", "-C", str(ROOT), "lab", f"BIN={bin_dir}", f"STAMP={stamp}", f"LAB_SETTINGS={settings}",
@@ -167,6 +169,7 @@ def test_make_lab_installs_the_overrides_and_opens_the_checkout(tmp_path):
     cwd, args = called.read_text().splitlines()
     assert Path(cwd) == ROOT and args.split()[:2] == ["lab", "--notebook-dir=."] and args.endswith("--no-browser")
     assert (settings / "overrides.json").read_text() == (ROOT / ".jupyter" / "lab-overrides.json").read_text()
+    assert (tmp_path / "pairs").read_text().split()[:3] == ["-m", "facebench.lab", "_build/lab"]
 
 
 def test_ci_installs_chromium_when_missing():
