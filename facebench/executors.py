@@ -14,10 +14,12 @@ whichever scored it.
     task sends every finished batch of rows to a :class:`StoreServer` actor on
     the driver's machine, which writes them into the driver's results store:
     workers need the datasets but no shared file system, and a finished batch
-    is never lost. When a sharded cell's tasks are all done, the driver merges
-    its shards (scoring nothing). A failed task is retried once (resuming from
-    the store), then its cell counts as failed. Ctrl-C cancels every
-    outstanding task.
+    is never lost. A task holds its CPUs and GPUs until it ends, its waits on
+    that actor included (:class:`RemoteStore`), so a node runs no more tasks
+    than its resources allow. When a sharded cell's tasks are all done, the
+    driver merges its shards (scoring nothing). A failed task is retried
+    once (resuming from the store), then its cell counts as failed. Ctrl-C
+    cancels every outstanding task.
 
 Ray is imported only when a Ray session starts.
 """
@@ -197,8 +199,9 @@ class RayExecutor:
                         failed_on[error.node_id] = error
                         other = pick_node(self._nodes, self.resources(job.parameters["model"]), exclude=failed_on)
                         if other is not None:
+                            # The id too: nodes of one machine, or of cloned images, share a host name.
                             log(f"{job.label}{_shard_label(shard)}: {error}; retrying on node "
-                                f"{other['NodeManagerHostname']}")
+                                f"{other['NodeManagerHostname']} ({other['NodeID'][:8]})")
                             submit(job, shard, attempt, store_dir, node=other["NodeID"])
                             continue
                         error = NodeError.every_node(failed_on.values())
@@ -413,6 +416,14 @@ class RemoteStore:
     It has the methods :func:`facebench.evaluate` calls; each runs on the
     :class:`StoreServer` and returns once done, so a batch a worker has written
     is stored before it scores the next.
+
+    The task keeps its CPUs meanwhile: Ray hands a task's CPUs to the next
+    task while the task's main thread waits in ``ray.get``, and the task then
+    runs on alongside that one (two models on a node sized for one). Only a
+    wait on the main thread gives them up
+    (``WorkerContext::ShouldReleaseResourcesOnBlockingCalls`` in Ray's core
+    worker), so :func:`_wait` waits on another thread. Holding them cannot
+    deadlock: the server asks for no CPU.
     """
 
     def __init__(self, server, directory, shard: tuple[int, int] | None = None):
@@ -426,9 +437,7 @@ class RemoteStore:
         return RemoteStore(self.server, self.dir)
 
     def _call(self, method: str, *args):
-        import ray
-
-        return ray.get(self.server.call.remote(str(self.dir), self._shard, method, *args))
+        return _wait(self.server.call.remote(str(self.dir), self._shard, method, *args))
 
     def done_ids(self) -> set[int]:
         return self._call("done_ids")
@@ -450,6 +459,21 @@ class RemoteStore:
 
     def check_dataset(self, checksum: str) -> None:
         self._call("check_dataset", checksum)
+
+
+_waiter = None  # this worker process's thread for waiting on the StoreServer (see RemoteStore)
+
+
+def _wait(ref):
+    """``ray.get(ref)`` without giving up the calling task's CPUs (see :class:`RemoteStore`)."""
+    global _waiter
+    import ray
+
+    if _waiter is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _waiter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facebench-store-wait")
+    return _waiter.submit(ray.get, ref).result()
 
 
 def pick_node(nodes: list[dict], res: dict, *, exclude) -> dict | None:

@@ -1,6 +1,7 @@
 """Sharded runs and the grid's executors: shards of dlib on the demo set merge into the unsharded run;
 the grid on a local Ray (CPU-only tasks, one session for the module) stores the same rows and makes the
-same pages as the local executor, retries a failed task once, cancels on Ctrl-C and stays on loopback."""
+same pages as the local executor, retries a failed task once, cancels on Ctrl-C and stays on loopback; a task
+keeps its CPUs while it waits on the store, and one that fails because of its node runs on another node."""
 import json
 import shutil
 import sqlite3
@@ -191,19 +192,28 @@ def ray_project(tmp_path: Path, **changes) -> Path:
     return write_grid(project / "grids" / "ray.yaml", summaries=[], **changes)
 
 
-def test_local_ray_listens_on_loopback_only(ray_cluster):
+LOOPBACK = ("127.0.0.1", "::ffff:127.0.0.1", "::1")
+
+
+def listening_addresses() -> list[tuple[str, str, int]]:
+    """(process name, address, pid) of every socket that a process started from this one listens on."""
     import psutil
 
     listening = []
     for proc in psutil.Process().children(recursive=True):
         try:
-            listening += [(proc.name(), c.laddr.ip) for c in proc.net_connections(kind="inet")
+            listening += [(proc.name(), c.laddr.ip, proc.pid) for c in proc.net_connections(kind="inet")
                           if c.status == psutil.CONN_LISTEN]
         except psutil.Error:  # a worker that exited meanwhile
             continue
-    names = {name for name, _ in listening}
+    return listening
+
+
+def test_local_ray_listens_on_loopback_only(ray_cluster):
+    listening = listening_addresses()
+    names = {name for name, _, _ in listening}
     assert {"gcs_server", "raylet"} <= names, listening
-    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for _, ip in listening), listening
+    assert all(ip in LOOPBACK for _, ip, _ in listening), listening
 
 
 def test_sharded_grid_on_ray_stores_the_unsharded_rows_and_makes_the_local_page(ray_cluster, tmp_path, unsharded,
@@ -283,6 +293,39 @@ def test_model_no_node_can_run_is_recorded_as_not_available(ray_cluster, tmp_pat
     assert "needs 1 CPU(s) and 1 GPU(s)" in status["cells"][0]["error"]
 
 
+def test_a_task_waiting_on_the_store_keeps_its_cpus(ray_cluster, tmp_path, monkeypatch):
+    """Ray lends a task's CPUs to the next task while the task waits in ``ray.get``; a task waiting on the
+    store server must not, or a node with room for one task of a model runs two (both shards at once here)."""
+    from facebench import models
+    from facebench.executors import Job
+
+    entry = {**models.registry_entries()["dlib"], "resources": {"cpus": 2}}  # all the node has: one at a time
+    monkeypatch.setattr(models, "registry_entries", lambda: {"dlib": entry})
+    spans = tmp_path / "spans"
+    spans.mkdir()
+
+    def timed(parameters, shard, store_dir, server):
+        start = time.time()  # wall clock: the two tasks run in two processes
+        try:
+            return score_task(parameters, shard, store_dir, server)
+        finally:
+            (spans / str(shard[0])).write_text(f"{start} {time.time()}")
+
+    # Batches of 1: every task waits on the server several times, before, while and after scoring.
+    parameters = {"model": "dlib", "dataset": "demo", "limit": 4, "batch_size": 1, "out": str(tmp_path / "results")}
+    runner = executor(task=timed)
+    with runner.session():
+        failures = runner.score([Job(0, "[1/1] dlib__demo", "dlib__demo", parameters, shards=2)],
+                                log=lambda *_: None)
+    assert not failures, failures
+    (first_start, first_end), (second_start, _) = sorted(
+        tuple(map(float, p.read_text().split())) for p in spans.iterdir())
+    assert first_end <= second_start, (f"the two 2-CPU tasks overlapped {first_end - second_start:.2f} s "
+                                       "on a 2-CPU node")
+    run = open_run("dlib", "demo", out=tmp_path / "results", limit=4)
+    assert len(stored(run.store.db_path)) == 4  # the shards merged: every pair stored
+
+
 def test_ctrl_c_cancels_the_running_tasks_and_records_the_status(ray_cluster, tmp_path):
     markers = tmp_path / "markers"
     markers.mkdir()
@@ -327,3 +370,56 @@ def test_availability_is_decided_on_the_node_that_would_run_the_task(ray_cluster
     assert cell["status"] == "not available"
     assert f"on node {socket.gethostname()}" in cell["error"] and "w600k_r50.onnx" in cell["error"]
     assert not any("retrying" in line for line in lines)
+
+
+def test_a_task_that_fails_because_of_its_node_runs_on_another_node(ray_cluster, tmp_path, open_models):
+    """Two nodes on this machine: the session's, and one more raylet joining it on 127.0.0.1 whose
+    FACEBENCH_MODELS is an empty folder, so it has no sface. A task sent there fails naming that node,
+    and the driver sends it to the session's node, where it scores."""
+    import ray
+    from ray.cluster_utils import Cluster
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from facebench.executors import Job
+
+    no_models = tmp_path / "no-models"
+    no_models.mkdir()
+    # One Ray per process, and this module's is running: a Cluster started empty adopts its node as
+    # the head, and adds the second node to it.
+    cluster = Cluster()
+    cluster.head_node = ray._private.worker._global_node
+    added = cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1", env_vars={"FACEBENCH_MODELS": str(no_models)})
+    # Both CPUs of the session's node (the only one with 2) reserved, so the task goes to the added node first.
+    full = placement_group([{"CPU": 2}])
+    lines = []
+
+    def log(line):
+        lines.append(line)
+        if "retrying on node" in line:
+            remove_placement_group(full)  # room for the retry
+
+    try:
+        assert full.wait(60), "the placement group of the session node's 2 CPUs was not placed in 60 s"
+        head = ray.get_runtime_context().get_node_id()
+        nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
+        (other,) = set(nodes) - {head}
+        assert {n["NodeManagerAddress"] for n in nodes.values()} == {"127.0.0.1"}
+        parameters = {"model": "sface", "dataset": "demo", "limit": 2, "out": str(tmp_path / "results")}
+        runner = executor()
+        with runner.session():
+            failures = runner.score([Job(0, "[1/1] sface__demo", "sface__demo", parameters)], log=log)
+        listening, raylet = listening_addresses(), added.all_processes["raylet"][0].process.pid
+    finally:
+        if not any("retrying on node" in line for line in lines):
+            remove_placement_group(full)
+        cluster.remove_node(added)
+    assert not failures, failures
+    (retry,) = [line for line in lines if "retrying" in line]
+    failed_on, retried_on = retry.split("; retrying on node ")
+    assert f"({other[:8]}): cannot run sface" in failed_on and f"under {no_models}/" in failed_on
+    assert retried_on.endswith(f"({head[:8]})")
+    assert "2 pairs stored" in lines[-1]
+    run = open_run("sface", "demo", out=tmp_path / "results", limit=2)
+    assert run.store.read_manifest()["status"] == "partial (2 of 54 pairs)" and len(stored(run.store.db_path)) == 2
+    assert raylet in {pid for _, _, pid in listening}
+    assert all(ip in LOOPBACK for _, ip, _ in listening), listening  # the added node's processes too
