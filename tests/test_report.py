@@ -592,3 +592,20 @@ def test_collect_reads_a_run_again_only_when_its_folder_changed(demo_project, mo
     store.write_manifest(store.read_manifest())  # the same manifest written again: the folder changed
     collecting.collect(grid)
     assert [run.store.dir for run in computed] == [store.dir]
+
+
+def test_a_cell_recorded_complete_whose_run_is_not_stored_is_not_run(tmp_path):
+    """The grid ran, then a setting or facebench changed the run's identity: its numbers are not shown."""
+    from conftest import copy_book_sources, write_grid
+
+    from facebench.grid import STATUS_FILE, load_grid
+
+    project = copy_book_sources(tmp_path)
+    grid = write_grid(project / "grids" / "g.yaml", parameters={"limit": 6}, summaries=[])
+    runs_dir = load_grid(grid)["runs_dir"]
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    (runs_dir / STATUS_FILE).write_text(json.dumps({"cells": [{"name": "dlib__demo", "status": "complete"}]}))
+    results = report.collect(grid)
+    row = results.iloc[0]
+    assert row["status"] == "not run" and "the model's settings or facebench changed" in row["error"]
+    assert report.models_table(results).iloc[0, 0] == "no model has been run"  # no manifest to read

@@ -45,6 +45,10 @@ def collect(grid_path, *, root=None) -> pd.DataFrame:
             datasets[where] = load_dataset(p["dataset"], where[1])
         run = open_run(p["model"], datasets[where], limit=p.get("limit"), out=p.get("out"),
                        settings=p.get("settings"))
+        if not run.store.manifest_path.exists():  # recorded by an older grid run, under another identity
+            rows.append({**row, "status": NOT_RUN, "error": f"no run stored in {run.store.dir}: the model's "
+                         "settings or facebench changed since the grid ran; run the grid again"})
+            continue
         key = (_files_key(run.store.dir), datasets[where].checksum, p.get("limit"))
         computed[key] = _ROWS.get(key) or _complete_row(run)
         # the cell's label, not the run's model name
