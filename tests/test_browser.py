@@ -79,7 +79,7 @@ def visit(browser, url: str, screenshot: Path) -> tuple:
     page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
     page.on("requestfailed", lambda r: failures.append(f"failed {r.url}") if r.url.startswith(origin) else None)
     page.goto(url, wait_until="networkidle", timeout=60_000)
-    page.screenshot(path=str(screenshot), full_page=True)
+    page.screenshot(path=str(screenshot), full_page=False)
     return page, failures, outside
 
 
