@@ -39,11 +39,16 @@ def demo_pairs():
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """``transformers serve`` on 127.0.0.1 with a tiny Qwen2-VL from a local folder; yields (folder, base url)."""
+    from facebench.backends.hf_vlm import tiny_folder
     from facebench.tiny_models import build
 
-    folder = build("qwen2-vl", tmp_path_factory.mktemp("served") / "tiny-qwen2-vl")
+    # The session's tiny:qwen2-vl (the negative control's weights), built here if no test built it yet.
+    folder = tiny_folder("qwen2-vl", 0)
+    if not (folder / "config.json").is_file():
+        build("qwen2-vl", folder, seed=0)
     port = free_port()
-    log = open(folder.parent / "serve.log", "w")
+    logs = tmp_path_factory.mktemp("served")
+    log = open(logs / "serve.log", "w")
     cli = Path(sys.executable).parent / "transformers"
     proc = subprocess.Popen([str(cli), "serve", "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
                              str(folder)], stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -56,7 +61,7 @@ def server(tmp_path_factory):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {(folder.parent / 'serve.log').read_text()[-2000:]}")
+                    raise RuntimeError(f"transformers serve did not start: {(logs / 'serve.log').read_text()[-2000:]}")
                 time.sleep(0.5)
         yield folder, url
     finally:
