@@ -62,8 +62,8 @@ def _files_key(folder) -> tuple:
     and modification time: any stored pair or manifest change gives another key."""
     from pathlib import Path
 
-    return (str(folder), tuple(sorted((str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                                      for f in Path(folder).rglob("*") if f.is_file())))
+    files = [(str(f.relative_to(folder)), f.stat()) for f in Path(folder).rglob("*") if f.is_file()]
+    return (str(folder), tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in files)))
 
 
 def _cell_row(cell: str, label: str, model: str, dataset: str, *, variant: bool) -> dict:

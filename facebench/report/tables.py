@@ -479,8 +479,8 @@ def prompt_sensitivity_table(results: pd.DataFrame) -> pd.DataFrame:
             continue
         records = part.to_dict("records")
         tables = [r["run"].table[r["run"].table["stored"]] for r in records]
-        answered = set.intersection(*(set(t.loc[t["decision"].isin([0, 1]), "pair_id"]) for t in tables))
-        scored = set.intersection(*(set(t.loc[np.isfinite(t["score"].to_numpy(float)), "pair_id"]) for t in tables))
+        answered = _pairs_in_all(tables, lambda t: t["decision"].isin([0, 1]))
+        scored = _pairs_in_all(tables, _has_score)
         for r, t in zip(records, tables):
             m, a, s = r["run"].manifest, t[t["pair_id"].isin(answered)], t[t["pair_id"].isin(scored)]
             rows.append({"Dataset": dataset, "Model": model, "Template": r["prompt_template"],
@@ -521,8 +521,7 @@ def resolution_table(results: pd.DataFrame) -> pd.DataFrame:
             same = same.drop_duplicates("_size").sort_values("_size", key=lambda v: v.fillna(0), kind="stable")
             records = same.to_dict("records")
             tables = [r["run"].table[r["run"].table["stored"]] for r in records]
-            scored = set.intersection(*(set(t.loc[np.isfinite(t["score"].to_numpy(float)), "pair_id"])
-                                        for t in tables))
+            scored = _pairs_in_all(tables, _has_score)
             for r, t in zip(records, tables):
                 s = t[t["pair_id"].isin(scored)]
                 n = r["_size"]
@@ -537,6 +536,16 @@ def resolution_table(results: pd.DataFrame) -> pd.DataFrame:
     if not rows:
         return _not_run("no MLLM has been run at an image size of its own (model setting image_size)")
     return pd.DataFrame(rows).set_index(["Dataset", "Model", "Image size", "Cell"])
+
+
+def _pairs_in_all(tables: list[pd.DataFrame], keep) -> set:
+    """The pair ids whose rows ``keep(t)`` (a row mask) selects in every one of ``tables``:
+    the pairs on which several runs of one model are compared."""
+    return set.intersection(*(set(t.loc[keep(t), "pair_id"]) for t in tables))
+
+
+def _has_score(t: pd.DataFrame):
+    return np.isfinite(t["score"].to_numpy(float))
 
 
 def _pct(v) -> str:
