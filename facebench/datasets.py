@@ -24,10 +24,9 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import yaml
 from PIL import Image
 
-from facebench.files import read_regular
+from facebench.files import read_regular, read_yaml
 from facebench.paths import DEMO_DIR, MANIFESTS_DIR, data_root
 from facebench.registry import Registry
 
@@ -234,7 +233,7 @@ def manifest(name: str) -> dict:
     path = MANIFESTS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise DatasetError(f"no data manifest for dataset {name!r} at {path}")
-    return yaml.safe_load(path.read_text())
+    return read_yaml(path)
 
 
 def known_datasets() -> list[str]:

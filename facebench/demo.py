@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from facebench.align import CROP_SIZE, warp_to_template
-from facebench.files import file_sha256
+from facebench.files import file_sha256, read_yaml
 from facebench.paths import DEMO_DIR, MANIFESTS_DIR, PROJECT_ROOT
 
 RECIPE = MANIFESTS_DIR / "demo_recipe.yaml"
@@ -100,7 +100,7 @@ def look(image: Image.Image) -> str:
 
 def build(source_dir: Path | None = None, *, out_dir: Path = DEMO_DIR, manifest: Path = MANIFEST) -> Path:
     """Crop every face of the recipe into ``out_dir`` and write the manifest; returns its path."""
-    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe = read_yaml(RECIPE)
     source_dir = Path(source_dir or PROJECT_ROOT / recipe["source_dir"])
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []
@@ -146,5 +146,5 @@ def is_built(manifest: Path = MANIFEST, out_dir: Path = DEMO_DIR) -> bool:
     """Whether every crop the manifest lists exists with its recorded sha256."""
     if not manifest.is_file():
         return False
-    images = yaml.safe_load(manifest.read_text())["images"]
+    images = read_yaml(manifest)["images"]
     return all((out_dir / im["file"]).is_file() and file_sha256(out_dir / im["file"]) == im["sha256"] for im in images)

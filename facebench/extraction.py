@@ -42,8 +42,8 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from facebench.files import read_yaml
 from facebench.paths import PACKAGE_DIR
 from facebench.registry import UnknownNameError, suggest
 
@@ -260,7 +260,7 @@ _RULES: dict[str, Callable[..., Answer]] = {"facebench": _facebench, "vlmevalkit
 
 @lru_cache(maxsize=1)
 def _doc() -> dict:
-    return yaml.safe_load(EXTRACTION_FILE.read_text())
+    return read_yaml(EXTRACTION_FILE)
 
 
 @lru_cache(maxsize=1)

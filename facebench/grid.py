@@ -62,7 +62,7 @@ from pathlib import Path
 
 import yaml
 
-from facebench.files import file_sha256, write_json_atomic
+from facebench.files import file_sha256, read_yaml, write_json_atomic
 from facebench.provenance import canonical_hash, git_state, now
 from facebench.store import model_slug
 
@@ -96,7 +96,7 @@ def load_grid(path) -> dict:
 
     path = in_checkout(path)
     try:
-        doc = yaml.safe_load(path.read_text())
+        doc = read_yaml(path)
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(doc, dict):

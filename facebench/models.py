@@ -8,9 +8,9 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
-import yaml
 from PIL import Image
 
+from facebench.files import read_yaml
 from facebench.paths import PACKAGE_DIR
 from facebench.registry import Registry, UnknownNameError, suggest
 
@@ -126,7 +126,7 @@ class ModelSpec:
 @lru_cache(maxsize=1)
 def registry_document() -> dict:
     """``facebench/models.yaml`` as read: ``models`` and ``detectors``."""
-    return yaml.safe_load((PACKAGE_DIR / "models.yaml").read_text())
+    return read_yaml(PACKAGE_DIR / "models.yaml")
 
 
 def registry_entries() -> dict[str, dict]:

@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import yaml
-
 from facebench.extraction import DEFAULT_RULE, Answer, Rule, answer_start, load_rule, strip_thinking  # noqa: F401
+from facebench.files import read_yaml
 from facebench.paths import PACKAGE_DIR
 from facebench.registry import UnknownNameError, suggest
 
@@ -64,7 +63,7 @@ class Prompt:
 
 @lru_cache(maxsize=1)
 def _templates() -> dict[str, dict]:
-    doc = yaml.safe_load(PROMPTS_FILE.read_text())
+    doc = read_yaml(PROMPTS_FILE)
     return doc["templates"]
 
 

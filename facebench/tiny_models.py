@@ -22,8 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
+from facebench.files import read_yaml
 from facebench.registry import UnknownNameError, suggest
 
 SPEC_FILE = Path(__file__).with_name("tiny_models.yaml")
@@ -59,7 +58,7 @@ class Family:
 
 
 def _load_families(path: Path) -> tuple[dict, dict[str, Family]]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    data = read_yaml(path)
     families = {
         name: Family(name=name, mirrors=spec["mirrors"], config_class=spec["config"]["class"],
                      image_placeholder=spec["image_placeholder"], image_token=spec["image_token"], spec=spec)

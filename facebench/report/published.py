@@ -3,8 +3,8 @@ from __future__ import annotations
 
 
 import pandas as pd
-import yaml
 
+from facebench.files import read_yaml
 from facebench.paths import in_checkout
 from facebench.report.collecting import NOT_RUN, _complete
 from facebench.report.tables import _pct
@@ -22,7 +22,7 @@ def load_published(path) -> list[dict]:
     checked: every entry has its keys, a known metric, a value in (0, 100] and a
     source with a title and a URL. Errors name the file and the entry."""
     path = in_checkout(path)
-    doc = yaml.safe_load(path.read_text())
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or not isinstance(doc.get("results"), list):
         raise ValueError(f"{path}: expected a mapping with a 'results' list")
     for i, e in enumerate(doc["results"]):
