@@ -5,8 +5,9 @@ Pipeline per image: HOG face detector → 5-point landmarks → aligned 150×150
 """
 from __future__ import annotations
 
+import threading
 import warnings
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image
@@ -40,17 +41,11 @@ class DlibResNet(EmbeddingVerifier):
         self.chip_size, self.chip_padding = int(chip_size), float(chip_padding)
         self.threshold = float(threshold)
 
-    @cached_property
+    @property
     def _dlib(self):
         import dlib
 
-        w = _weights()
-        return (
-            dlib,
-            dlib.get_frontal_face_detector(),
-            dlib.shape_predictor(w.pose_predictor_five_point_model_location()),
-            dlib.face_recognition_model_v1(w.face_recognition_model_location()),
-        )
+        return (dlib, _hog_detector(), *_recognition_models())
 
     def info(self) -> dict:
         import dlib
@@ -70,18 +65,20 @@ class DlibResNet(EmbeddingVerifier):
         # nose base), a different set of points from the ArcFace template's.
         dlib, _, predictor, net = self._dlib
         out, notes = np.empty((len(images), 128), np.float32), []
-        for i, image in enumerate(images):
-            pixels = np.ascontiguousarray(np.asarray(image.convert("RGB")))
-            box = self.face_box(pixels)
-            if box is None:
-                # Pre-aligned crops are often too tight for the HOG detector:
-                # the whole crop is the face.
-                box = dlib.rectangle(0, 0, pixels.shape[1] - 1, pixels.shape[0] - 1)
-                notes.append("whole_crop")
-            else:
-                notes.append("detected")
-            chip = dlib.get_face_chip(pixels, predictor(pixels, box), size=self.chip_size, padding=self.chip_padding)
-            out[i] = np.asarray(net.compute_face_descriptor(chip, self.num_jitters))
+        with _SHARED:
+            for i, image in enumerate(images):
+                pixels = np.ascontiguousarray(np.asarray(image.convert("RGB")))
+                box = self.face_box(pixels)
+                if box is None:
+                    # Pre-aligned crops are often too tight for the HOG detector:
+                    # the whole crop is the face.
+                    box = dlib.rectangle(0, 0, pixels.shape[1] - 1, pixels.shape[0] - 1)
+                    notes.append("whole_crop")
+                else:
+                    notes.append("detected")
+                chip = dlib.get_face_chip(pixels, predictor(pixels, box), size=self.chip_size,
+                                          padding=self.chip_padding)
+                out[i] = np.asarray(net.compute_face_descriptor(chip, self.num_jitters))
         return out, notes
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -112,6 +109,21 @@ def _shape_predictor_68():
     import dlib
 
     return dlib.shape_predictor(_weights().pose_predictor_model_location())
+
+
+# dlib's networks keep buffers between calls: instances share them (below), so one thread at a time.
+_SHARED = threading.Lock()
+
+
+@lru_cache(maxsize=1)
+def _recognition_models():
+    # Once per process, not per instance: a grid or a test session scores dlib run after run, and
+    # loading the detector and both models costs most of a second each time.
+    import dlib
+
+    w = _weights()
+    return (dlib.shape_predictor(w.pose_predictor_five_point_model_location()),
+            dlib.face_recognition_model_v1(w.face_recognition_model_location()))
 
 
 @lru_cache(maxsize=1)
