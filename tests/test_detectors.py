@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from facebench.align import ARCFACE_TEMPLATE
-from facebench.detectors import YuNet, find_landmarks, landmark_finder, pad_for_detection, yunet_entry
+from facebench.detectors import YuNet, find_landmarks, landmark_finder, yunet_entry
 from facebench.paths import DEMO_DIR
 
 # The Yale crops are a grey face under hard lighting; YuNet finds none of them at its default score.

@@ -62,7 +62,7 @@ def server(tmp_path_factory):
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"transformers serve did not start: {(logs / 'serve.log').read_text()[-2000:]}")
-                time.sleep(0.5)
+                time.sleep(0.2)
         yield folder, url
     finally:
         proc.terminate()
@@ -131,7 +131,8 @@ class _Scripted(BaseHTTPRequestHandler):
 @pytest.fixture
 def scripted():
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    # A short poll: shutdown() waits for the serving loop to look, 0.5 s by default, in every test.
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     _Scripted.script, _Scripted.seen = [], []
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", _Scripted
     httpd.shutdown()
@@ -258,7 +259,7 @@ def test_the_key_never_reaches_the_results_nor_another_origin(scripted, demo_pai
     url, handler = scripted
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     elsewhere = ThreadingHTTPServer(("127.0.0.1", 0), _Elsewhere)
-    threading.Thread(target=elsewhere.serve_forever, daemon=True).start()
+    threading.Thread(target=elsewhere.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
     _Elsewhere.seen = []
     other = f"http://127.0.0.1:{elsewhere.server_address[1]}"
     try:
