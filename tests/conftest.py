@@ -13,6 +13,10 @@ BIN = Path(os.sys.executable).parent
 
 # Progress bars would clutter test logs; the CLI tests that need them set it back.
 os.environ.setdefault("FACEBENCH_PROGRESS", "0")
+# `make test` runs two pytest-xdist workers on two cores: each torch (and what it starts) keeps to one
+# thread, or the two spin against each other.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests never reach the model hub, and tiny models they build (tiny:<family>)
 # land in a folder of this session, not in the user's data/models.
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -105,3 +109,29 @@ def read_only(folder: Path):
         yield
     finally:
         undo()
+
+
+# The modules whose tests read the executed demo study (the fixture above). `make test` runs two
+# pytest-xdist workers; these modules go to one of them, which executes the study once.
+DEMO_MODULES = {"test_book.py", "test_browser.py", "test_grid.py", "test_lab.py", "test_onnx_fr.py", "test_report.py"}
+
+
+def pytest_itemcollected(item):
+    module = item.nodeid.split("::")[0]
+    if "demo_project" in getattr(item, "fixturenames", ()) and Path(module).name not in DEMO_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} uses demo_project: add {Path(module).name} to DEMO_MODULES "
+                                "in tests/conftest.py, or the demo study is executed on both workers")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """A module's tests on one worker, so its module fixtures (a local Ray, a baseline run) are made
+    once; the modules of :data:`DEMO_MODULES` together. (``--dist loadgroup`` would say so with marks,
+    but pytest 9.2's node ids no longer carry xdist's group suffix: pytest-dev/pytest-xdist#1386.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::")[0]
+            return "demo" if Path(module).name in DEMO_MODULES else module
+
+    return ByModule(config, log)
