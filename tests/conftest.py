@@ -116,10 +116,14 @@ def read_only(folder: Path):
 DEMO_MODULES = {"test_book.py", "test_browser.py", "test_grid.py", "test_lab.py", "test_onnx_fr.py", "test_report.py"}
 
 
+def module_name(nodeid: str) -> str:
+    """``test_grid.py`` of ``tests/test_grid.py::test_...``."""
+    return Path(nodeid.split("::")[0]).name
+
+
 def pytest_itemcollected(item):
-    module = item.nodeid.split("::")[0]
-    if "demo_project" in getattr(item, "fixturenames", ()) and Path(module).name not in DEMO_MODULES:
-        raise pytest.UsageError(f"{item.nodeid} uses demo_project: add {Path(module).name} to DEMO_MODULES "
+    if "demo_project" in getattr(item, "fixturenames", ()) and module_name(item.nodeid) not in DEMO_MODULES:
+        raise pytest.UsageError(f"{item.nodeid} uses demo_project: add {module_name(item.nodeid)} to DEMO_MODULES "
                                 "in tests/conftest.py, or the demo study is executed on both workers")
 
 
@@ -131,7 +135,6 @@ def pytest_xdist_make_scheduler(config, log):
 
     class ByModule(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            module = nodeid.split("::")[0]
-            return "demo" if Path(module).name in DEMO_MODULES else module
+            return "demo" if module_name(nodeid) in DEMO_MODULES else nodeid.split("::")[0]
 
     return ByModule(config, log)

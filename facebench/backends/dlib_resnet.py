@@ -117,8 +117,8 @@ _SHARED = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _recognition_models():
-    # Once per process, not per instance: a grid or a test session scores dlib run after run, and
-    # loading the detector and both models costs most of a second each time.
+    # Once per process, not per instance (as the HOG detector below): a grid or a test session
+    # scores dlib run after run, and loading them and the detector cost most of a second each time.
     import dlib
 
     w = _weights()
